@@ -1,0 +1,2 @@
+"""Adversarial, classification, reconstruction, swap-consistency and attention losses."""
+__all__: list = []

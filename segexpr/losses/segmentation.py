@@ -1,0 +1,2 @@
+"""Segmentation losses (OHEM cross-entropy, Dice)."""
+__all__: list = []
