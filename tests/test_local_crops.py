@@ -1,0 +1,191 @@
+"""Differentiable boxes, crops, pastes and fusion masks (segexpr.models.generators.local)."""
+import math
+
+import pytest
+import torch
+
+from segexpr.data.labels import REGION_LANDMARKS, REGION_NAMES
+from segexpr.models.generators.local import (
+    box_masks,
+    boxes_from_landmarks,
+    boxes_from_masks,
+    canonical_boxes,
+    crop,
+    feather_masks,
+    paste,
+)
+
+
+def _rect_mask(height, width, rows, cols):
+    mask = torch.zeros(1, 1, height, width)
+    mask[..., rows[0]:rows[1], cols[0]:cols[1]] = 1
+    return mask
+
+
+def test_boxes_from_masks_rectangle_centroid_and_size():
+    height, width = 48, 64
+    rows, cols = (10, 20), (30, 50)  # 10 rows x 20 columns
+    boxes = boxes_from_masks(_rect_mask(height, width, rows, cols), scale=2.5, min_size=0.01)
+    # Column centres 30.5 .. 49.5 -> mean 40 -> normalised 2 * 40 / 64 - 1.
+    expected_cx = 2 * (sum(cols) / 2) / width - 1
+    expected_cy = 2 * (sum(rows) / 2) / height - 1
+    std_x = math.sqrt((20 ** 2 - 1) / 12) * 2 / width  # std of 20 evenly spaced centres, normalised
+    std_y = math.sqrt((10 ** 2 - 1) / 12) * 2 / height
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([expected_cx, expected_cy, 2.5 * std_x, 2.5 * std_y]),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_boxes_from_masks_gaussian_blob():
+    height, width = 64, 64
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    centre, sigma = (40.0, 24.0), 4.0  # (x, y) in pixels
+    blob = torch.exp(-((xs - centre[0]) ** 2 + (ys - centre[1]) ** 2) / (2 * sigma ** 2))[None, None]
+    box = boxes_from_masks(blob, scale=3.0, min_size=0.01)[0, 0]
+    torch.testing.assert_close(box[:2], torch.tensor([2 * 40 / 64 - 1, 2 * 24 / 64 - 1]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(box[2:], torch.full((2,), 3.0 * sigma * 2 / 64), atol=2e-3, rtol=0)
+
+
+def test_boxes_from_masks_clamps_size():
+    tiny = _rect_mask(32, 32, (5, 6), (5, 6))
+    assert torch.allclose(boxes_from_masks(tiny, min_size=0.15)[0, 0, 2:], torch.tensor([0.3, 0.3]))
+    full = torch.ones(1, 1, 32, 32)
+    assert torch.allclose(boxes_from_masks(full, scale=10.0)[0, 0, 2:], torch.tensor([2.0, 2.0]))
+
+
+def test_boxes_from_masks_zero_mass_falls_back_without_nan():
+    masks = torch.zeros(2, 4, 24, 24, requires_grad=True)
+    defaults = canonical_boxes(REGION_NAMES)
+    boxes = boxes_from_masks(masks, default_boxes=defaults)
+    assert torch.isfinite(boxes).all()
+    torch.testing.assert_close(boxes, defaults.expand(2, 4, 4))
+    boxes.sum().backward()
+    assert torch.isfinite(masks.grad).all()
+    # Without explicit defaults the whole image is used.
+    assert torch.allclose(boxes_from_masks(torch.zeros(1, 1, 8, 8))[0, 0], torch.tensor([0.0, 0.0, 2.0, 2.0]))
+
+
+def test_boxes_from_masks_gradient_reaches_masks_through_a_crop():
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[..., 8:20, 10:26] = 0.9
+    masks.requires_grad_(True)
+    image = torch.linspace(-1, 1, 32).repeat(32, 1)[None, None].expand(1, 3, 32, 32)  # horizontal ramp
+    crops = crop(image, boxes_from_masks(masks), 8)
+    crops.mean().backward()  # depends on the crop centre only through the box
+    assert masks.grad is not None and masks.grad.abs().sum() > 0
+    assert torch.isfinite(masks.grad).all()
+
+
+def test_boxes_from_masks_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[B, R, H, W\]"):
+        boxes_from_masks(torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="default_boxes"):
+        boxes_from_masks(torch.zeros(1, 2, 8, 8), default_boxes=torch.zeros(3, 4))
+
+
+def _landmarks_with_region_box(region, low, high, batch=1):
+    """Landmarks [B, 68, 2] whose ``region`` points span exactly [low, high] (pixels)."""
+    landmarks = torch.full((batch, 68, 2), 20.0)
+    idx = list(REGION_LANDMARKS[region])
+    landmarks[:, idx[0]] = torch.tensor(low)
+    landmarks[:, idx[1]] = torch.tensor(high)
+    landmarks[:, idx[2:]] = (torch.tensor(low) + torch.tensor(high)) / 2
+    return landmarks
+
+
+def test_boxes_from_landmarks_geometry_and_motion():
+    height, width = 40, 60
+    landmarks = _landmarks_with_region_box("mouth", (20.0, 28.0), (40.0, 36.0))
+    box = boxes_from_landmarks(landmarks, (height, width), regions=("mouth",), margin=0.25, min_size=0.01)[0, 0]
+    expected = torch.tensor([2 * 30 / width - 1, 2 * 32 / height - 1, 1.5 * 20 * 2 / width, 1.5 * 8 * 2 / height])
+    torch.testing.assert_close(box, expected)
+    moved = landmarks.clone()
+    moved[..., 0] += 6.0  # 6 px right
+    box_moved = boxes_from_landmarks(moved, (height, width), regions=("mouth",), margin=0.25, min_size=0.01)[0, 0]
+    torch.testing.assert_close(box_moved - box, torch.tensor([12 / width, 0.0, 0.0, 0.0]))
+
+
+def test_boxes_from_landmarks_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"\[B, 68, 2\]"):
+        boxes_from_landmarks(torch.zeros(1, 5, 2), (32, 32))
+    with pytest.raises(ValueError, match="cheeks"):
+        boxes_from_landmarks(torch.zeros(1, 68, 2), (32, 32), regions=("cheeks",))
+
+
+def test_crop_full_image_box_is_identity():
+    images = torch.rand(2, 3, 12, 20)
+    crops = crop(images, torch.tensor([[[0.0, 0.0, 2.0, 2.0]]]).expand(2, 1, 4), (12, 20))
+    torch.testing.assert_close(crops[:, 0], images)
+
+
+def test_crop_paste_round_trip_pixel_aligned_is_exact():
+    height, width = 32, 48
+    images = torch.rand(2, 3, height, width)
+    # Box covering columns 8..23 and rows 4..19 (16 x 16 pixels), sampled at the image's own resolution.
+    box = torch.tensor([2 * 16 / width - 1, 2 * 12 / height - 1, 16 * 2 / width, 16 * 2 / height])
+    boxes = box.expand(2, 1, 4)
+    crops = crop(images, boxes, 16)
+    torch.testing.assert_close(crops[:, 0], images[..., 4:20, 8:24])
+    pasted, validity = paste(crops, boxes, (height, width))
+    inside = validity[:, 0, 0] == 1
+    assert inside.sum() > 0
+    torch.testing.assert_close(pasted[:, 0][inside.unsqueeze(1).expand_as(pasted[:, 0])],
+                               images[inside.unsqueeze(1).expand_as(images)])
+    assert (validity[..., :3, :] == 0).all() and (validity[..., 21:, :] == 0).all()  # outside the box
+
+
+def test_crop_paste_round_trip_resampled_smooth_image():
+    height, width = 40, 56
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    images = torch.stack([torch.sin(2 * xs), torch.cos(3 * ys), xs * ys])[None]
+    boxes = torch.tensor([[[0.1, -0.2, 0.9, 0.7], [-0.3, 0.4, 0.5, 0.6]]])
+    pasted, validity = paste(crop(images, boxes, (24, 20)), boxes, (height, width))
+    for r in range(2):
+        inside = (validity[0, r, 0] > 0.999).expand(3, height, width)
+        assert inside.sum() > 30
+        error = (pasted[0, r][inside] - images[0][inside]).abs().max()
+        assert error < 0.05, f"round trip error {error:.3f} in box {r}"
+        assert (pasted[0, r][~((validity[0, r, 0] > 0).expand(3, height, width))] == 0).all()
+
+
+def test_crop_and_paste_are_differentiable_wrt_boxes_and_images():
+    images = torch.rand(1, 3, 16, 16, requires_grad=True)
+    boxes = torch.tensor([[[0.1, 0.0, 1.0, 0.8]]], requires_grad=True)
+    crops = crop(images, boxes, 8)
+    pasted, validity = paste(crops * 2, boxes, (16, 16))
+    (pasted.sum() + validity.sum() + crops.sum()).backward()
+    assert images.grad.abs().sum() > 0 and boxes.grad.abs().sum() > 0
+
+
+def test_crop_paste_reject_bad_input():
+    with pytest.raises(ValueError, match=r"boxes \[B, R, 4\]"):
+        crop(torch.rand(1, 3, 8, 8), torch.zeros(1, 4), 4)
+    with pytest.raises(ValueError, match="batch"):
+        crop(torch.rand(2, 3, 8, 8), torch.zeros(1, 1, 4), 4)
+    with pytest.raises(ValueError, match="crops"):
+        paste(torch.rand(1, 3, 4, 4), torch.zeros(1, 1, 4), (8, 8))
+
+
+def test_box_masks_soft_rectangle():
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0]]])  # central half of a 32 x 32 image: pixels 8..23
+    masks = box_masks(boxes, (32, 32), feather=0.25)
+    assert masks.shape == (1, 1, 1, 32, 32)
+    assert masks.min() >= 0 and masks.max() <= 1
+    assert masks[0, 0, 0, 16, 16] == 1
+    assert (masks[0, 0, 0, :8] == 0).all() and (masks[0, 0, 0, :, 24:] == 0).all()
+    assert 0 < masks[0, 0, 0, 16, 8] < 1  # feathered edge
+    hard = box_masks(boxes, (32, 32), feather=0.0)
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and hard.sum() == 16 * 16
+
+
+def test_feather_masks_grows_softens_and_is_differentiable():
+    masks = _rect_mask(32, 32, (12, 20), (12, 20)).repeat(1, 2, 1, 1).requires_grad_(True)
+    out = feather_masks(masks, dilate=2, blur=2)
+    assert out.shape == masks.shape and out.min() >= 0 and out.max() <= 1
+    assert (out > 0).sum() > (masks > 0).sum()  # grew
+    assert ((out > 0) & (out < 1)).any()  # soft edge
+    assert out[0, 0, 16, 16] == 1
+    out.sum().backward()
+    assert masks.grad.abs().sum() > 0
+    torch.testing.assert_close(feather_masks(masks, 0, 0), masks)
+    with pytest.raises(ValueError, match="dilate"):
+        feather_masks(masks, dilate=-1)
