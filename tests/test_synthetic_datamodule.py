@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from segexpr.data.base import EpochShuffleSampler, FaceDataModule
+from segexpr.data.base import EpochSampler, FaceDataModule
 from segexpr.data.synthetic import SyntheticFacesDataModule
 
 
@@ -78,7 +78,7 @@ def test_base_module_validation_and_hooks():
         dm.dataset("holdout")
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, EpochShuffleSampler) and loader.drop_last
+    assert isinstance(loader.sampler, EpochSampler) and loader.drop_last
     assert sum(len(b[0]) for b in loader) == 9
     with pytest.raises(ValueError, match="batch_size"):
         Numbers(batch_size=0)

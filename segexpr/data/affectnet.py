@@ -47,13 +47,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import FaceDataModule
+from .base import EpochSampler, FaceDataModule, IndexedFaceDataset
 from .labels import AFFECTNET_CODES, NUM_EXPRESSIONS
 from .transforms import build_transforms
 from .validation import (
     DatasetValidationError,
-    EpochSampler,
-    IndexedFaceDataset,
     Problem,
     ProblemCollector,
     VerifyLevel,
@@ -494,8 +492,9 @@ class AffectNetDataModule(FaceDataModule):
         from .aus import AUAnnotated, load_aus
         return AUAnnotated(ds, load_aus(self.aus), skip_invalid=self.skip_invalid)
 
-    def train_sampler(self) -> EpochSampler:
-        """Seeded shuffling, or class-balanced draws with ``balanced=True``; both advance the augmentation epoch."""
+    def train_sampler(self) -> EpochSampler | None:
+        """Class-balanced draws with ``balanced=True`` (AffectNet is very imbalanced); else the default shuffle."""
+        if not self.balanced:
+            return None
         ds = self.dataset("train")
-        weights = class_balanced_weights(ds.targets, NUM_EXPRESSIONS) if self.balanced else None
-        return EpochSampler(ds, seed=self.seed, weights=weights)
+        return EpochSampler(ds, seed=self.seed, weights=class_balanced_weights(ds.targets, NUM_EXPRESSIONS))

@@ -5,7 +5,7 @@ items follow the batch contract) and may override :meth:`FaceDataModule.train_sa
 
 Determinism and distribution:
 
-* the train loader shuffles with :class:`EpochShuffleSampler`: a permutation drawn from a ``torch.Generator``
+* the train loader shuffles with :class:`EpochSampler`: a permutation drawn from a ``torch.Generator``
   seeded with ``(seed, epoch)``, so every epoch has a new order that is the same in every run and on every
   rank; it drops the last incomplete batch. Lightning calls the sampler's ``set_epoch`` at each epoch start; the
   sampler forwards it to the dataset (``dataset.set_epoch``, when the dataset has one) so per-item
@@ -14,15 +14,16 @@ Determinism and distribution:
   rank); segexpr datasets additionally derive every item's randomness from ``(seed, split, index[, epoch])``,
   so their items do not depend on worker count or order at all;
 * under DDP (``use_distributed_sampler=True``, Lightning's default) Lightning wraps the train sampler — the
-  default :class:`EpochShuffleSampler` or the custom one :meth:`train_sampler` returns — in a
+  default :class:`EpochSampler` or the custom one :meth:`train_sampler` returns — in a
   ``DistributedSamplerWrapper``: every rank draws a disjoint share of the same sequence, and the wrapper
   forwards ``set_epoch`` to the wrapped sampler. Val/test/predict loaders (sequential) get a plain
   ``DistributedSampler``.
 """
 from __future__ import annotations
 
+import zlib
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -30,7 +31,9 @@ import torch
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochShuffleSampler", "FaceDataModule", "SPLITS"]
+from segexpr.data.transforms import derive_seed, to_batch_tensors
+
+__all__ = ["EpochSampler", "FaceDataModule", "IndexedFaceDataset", "SPLITS"]
 
 #: The split names ``build_dataset`` receives.
 SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
@@ -40,16 +43,35 @@ _STAGE_SPLITS: dict[str | None, tuple[str, ...]] = {
 }
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Random permutation of ``range(len(dataset))`` per epoch, from a generator seeded with ``(seed, epoch)``.
+class EpochSampler(Sampler[int]):
+    """Train sampler whose order is a pure function of ``(seed, epoch)``.
 
-    ``set_epoch(epoch)`` (called by Lightning at every epoch start, also through ``DistributedSamplerWrapper``)
-    selects the permutation and is forwarded to ``dataset.set_epoch`` when the dataset defines it.
+    Without ``weights`` it yields a permutation of ``range(len(dataset))``; with ``weights`` it draws
+    ``num_samples`` indices with replacement in proportion to them (class-balanced sampling). The generator is
+    seeded with ``(seed, epoch)``, so every epoch has a new order that is the same in every run, on every rank
+    and after a resume. ``set_epoch(epoch)`` (called by Lightning at every epoch start, also through
+    ``DistributedSamplerWrapper``) selects the epoch and is forwarded to ``dataset.set_epoch`` when the
+    dataset defines it, so per-item augmentation can depend on the epoch too.
+
+    Args:
+        dataset: the train dataset (anything with ``__len__``; ``set_epoch`` optional).
+        seed: base seed.
+        weights: optional per-item sampling weights (``len(dataset)`` non-negative numbers, not all zero).
+        num_samples: draws per epoch with ``weights`` (default ``len(dataset)``).
     """
 
-    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, seed: int = 0, weights: Sequence[float] | None = None,
+                 num_samples: int | None = None) -> None:
         self.dataset = dataset
         self.seed = int(seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if self.weights is not None and (len(self.weights) != len(dataset) or bool((self.weights < 0).any())
+                                         or float(self.weights.sum()) <= 0):
+            raise ValueError(f"weights must be {len(dataset)} non-negative numbers (not all zero), "
+                             f"got {len(self.weights)}")
+        if num_samples is not None and int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        self.num_samples = int(num_samples) if num_samples is not None else len(dataset)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -59,11 +81,15 @@ class EpochShuffleSampler(Sampler[int]):
             forward(self.epoch)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self.num_samples if self.weights is not None else len(self.dataset)
 
     def __iter__(self) -> Iterator[int]:
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if self.weights is None:
+            order = torch.randperm(len(self.dataset), generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
         return iter(order.tolist())
 
 
@@ -113,7 +139,7 @@ class FaceDataModule(pl.LightningDataModule):
         raise NotImplementedError(f"{type(self).__name__} must implement build_dataset(split)")
 
     def train_sampler(self) -> Sampler | None:
-        """Sampler of the train loader, or ``None`` for :class:`EpochShuffleSampler` (the default).
+        """Sampler of the train loader, or ``None`` for :class:`EpochSampler` (the default).
 
         Override for e.g. class-balanced sampling; called after ``setup`` so ``self.datasets["train"]`` exists.
         Under DDP Lightning wraps a custom sampler in ``DistributedSamplerWrapper``.
@@ -153,7 +179,7 @@ class FaceDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Train batches in :class:`EpochShuffleSampler` order (or the custom :meth:`train_sampler`),
+        """Train batches in :class:`EpochSampler` order (or the custom :meth:`train_sampler`),
         ``drop_last=True``."""
         dataset = self.dataset("train")
         if len(dataset) < self.batch_size:
@@ -161,7 +187,7 @@ class FaceDataModule(pl.LightningDataModule):
                              "(drop_last=True would yield no batch)")
         sampler = self.train_sampler()
         if sampler is None:
-            sampler = EpochShuffleSampler(dataset, self.seed)
+            sampler = EpochSampler(dataset, self.seed)
         # The generator only seeds the workers' base seed (the order comes from the sampler).
         generator = torch.Generator().manual_seed(self.seed)
         return self._loader("train", sampler=sampler, drop_last=True, generator=generator)
@@ -174,3 +200,50 @@ class FaceDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
+
+
+class IndexedFaceDataset(torch.utils.data.Dataset):
+    """Shared base of the real-data datasets: an index of records -> transformed batch-contract samples.
+
+    Subclasses fill ``self.ids`` (image ids, the image file stem) and implement :meth:`load` (index ->
+    numpy sample: ``image`` uint8 ``[H, W, 3]``, optional ``mask``/``landmarks``/labels). ``__getitem__``
+    applies ``transform(sample, seed)``; the per-item seed is ``derive_seed(seed, split, epoch, index)``, so
+    augmentation is independent of worker count/order. The epoch lives in a shared-memory tensor, so
+    :meth:`set_epoch` reaches persistent DataLoader workers too (segexpr DataModules call it at the start of
+    every train epoch).
+    """
+
+    name: str = "dataset"
+    split: str = "all"
+
+    def __init__(self, transform: Callable | None, seed: int = 0) -> None:
+        self.transform = transform
+        self.seed = int(seed)
+        self.ids: list[str] = []
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation of every item (visible to already-running workers)."""
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_id(self, index: int) -> str:
+        """Id used to attach external annotations (AUs): the image file stem."""
+        return self.ids[index]
+
+    def load(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def item_seed(self, index: int) -> int:
+        split_code = zlib.crc32(self.split.encode()) & 0x7FFFFFFF
+        return derive_seed(self.seed, split_code, int(self._epoch.item()), int(index))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
+        sample = self.load(index)
+        if self.transform is None:
+            return to_batch_tensors(sample)
+        return self.transform(sample, seed=self.item_seed(index))

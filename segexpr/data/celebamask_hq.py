@@ -39,13 +39,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import FaceDataModule
+from .base import FaceDataModule, IndexedFaceDataset
 from .labels import A_TO_B, B_TO_A, CELEBAMASK_HQ_PARTS, NUM_CLASSES
 from .transforms import build_transforms
 from .validation import (
     CorruptImageError,
-    EpochSampler,
-    IndexedFaceDataset,
     ProblemCollector,
     VerifyLevel,
     check_images,
@@ -432,10 +430,6 @@ class CelebAMaskHQDataModule(FaceDataModule):
         self.predict_split = predict_split
         self.aus = aus
         self.augment = augment
-
-    def train_sampler(self) -> EpochSampler:
-        """Seeded shuffling that also advances the per-item augmentation epoch."""
-        return EpochSampler(self.dataset("train"), seed=self.seed)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         split = self.predict_split if split == "predict" else split

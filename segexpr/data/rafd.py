@@ -36,13 +36,11 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from .base import FaceDataModule
+from .base import FaceDataModule, IndexedFaceDataset
 from .labels import EXPRESSIONS
 from .transforms import build_transforms
 from .validation import (
     DatasetValidationError,
-    EpochSampler,
-    IndexedFaceDataset,
     Problem,
     ProblemCollector,
     VerifyLevel,
@@ -335,7 +333,3 @@ class RaFDDataModule(FaceDataModule):
             return ds
         from .aus import AUAnnotated, load_aus
         return AUAnnotated(ds, load_aus(self.aus), skip_invalid=self.skip_invalid)
-
-    def train_sampler(self) -> EpochSampler:
-        """Seeded shuffling that also advances the per-item augmentation epoch."""
-        return EpochSampler(self.dataset("train"), seed=self.seed)

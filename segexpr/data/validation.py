@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Literal, Sequence
 
-import numpy as np
-import torch
 
 from PIL import Image
 
@@ -200,96 +197,3 @@ def keep_indices(keys: Iterable[Hashable], bad: set) -> list[int]:
     return [i for i, k in enumerate(keys) if k not in bad]
 
 
-class IndexedFaceDataset(torch.utils.data.Dataset):
-    """Shared base of the real-data datasets: an index of records -> transformed batch-contract samples.
-
-    Subclasses fill ``self.ids`` (image ids, the image file stem) and implement :meth:`load` (index ->
-    numpy sample: ``image`` uint8 ``[H, W, 3]``, optional ``mask``/``landmarks``/labels). ``__getitem__``
-    applies ``transform(sample, seed)``; the per-item seed is ``derive_seed(seed, split, epoch, index)``, so
-    augmentation is independent of worker count/order. The epoch lives in a shared-memory tensor, so
-    :meth:`set_epoch` reaches persistent DataLoader workers too (segexpr DataModules call it at the start of
-    every train epoch).
-    """
-
-    name: str = "dataset"
-    split: str = "all"
-
-    def __init__(self, transform: Callable | None, seed: int = 0) -> None:
-        self.transform = transform
-        self.seed = int(seed)
-        self.ids: list[str] = []
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation of every item (visible to already-running workers)."""
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_id(self, index: int) -> str:
-        """Id used to attach external annotations (AUs): the image file stem."""
-        return self.ids[index]
-
-    def load(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def item_seed(self, index: int) -> int:
-        from .transforms import derive_seed
-        split_code = zlib.crc32(self.split.encode()) & 0x7FFFFFFF
-        return derive_seed(self.seed, split_code, int(self._epoch.item()), int(index))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
-        sample = self.load(index)
-        if self.transform is None:
-            from .transforms import to_batch_tensors
-            return to_batch_tensors(sample)
-        return self.transform(sample, seed=self.item_seed(index))
-
-
-class EpochSampler(torch.utils.data.Sampler[int]):
-    """Seeded train sampler that also advances the dataset's augmentation epoch.
-
-    Every ``__iter__`` is one epoch: it calls ``dataset.set_epoch(epoch)`` (when the dataset has it) and
-    draws indices from a ``torch.Generator`` seeded with ``(seed, epoch)`` — a permutation, or, with
-    ``weights``, ``num_samples`` draws with replacement (class-balanced sampling). Lightning's own
-    ``set_epoch`` call (single device) sets the epoch explicitly, e.g. after resuming; under DDP Lightning
-    wraps this sampler in ``DistributedSamplerWrapper`` (each rank iterates it once per epoch with the same
-    seed, so every rank computes the same order and keeps its own share).
-
-    Args:
-        dataset: the train dataset (anything with ``__len__``; ``set_epoch`` optional).
-        seed: base seed.
-        weights: optional per-item sampling weights (``len(dataset)`` non-negative floats).
-        num_samples: draws per epoch with ``weights`` (default ``len(dataset)``).
-    """
-
-    def __init__(self, dataset: Any, seed: int = 0, weights: Sequence[float] | None = None,
-                 num_samples: int | None = None) -> None:
-        self.dataset = dataset
-        self.seed = int(seed)
-        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
-        if self.weights is not None and (len(self.weights) != len(dataset) or bool((self.weights < 0).any())):
-            raise ValueError("weights must be len(dataset) non-negative numbers")
-        self.num_samples = int(num_samples) if num_samples is not None else len(dataset)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples if self.weights is not None else len(self.dataset)
-
-    def __iter__(self):
-        epoch = self.epoch
-        self.epoch = epoch + 1  # count iterations: DDP wrappers never forward set_epoch to this sampler
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
-        if self.weights is None:
-            order = torch.randperm(len(self.dataset), generator=g)
-        else:
-            order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        return iter(order.tolist())
