@@ -1,0 +1,321 @@
+"""JointModule: configuration errors, gradient paths, region sources, code swapping, training, checkpoints, API."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from segexpr.data.labels import EXPRESSIONS, NUM_AUS, expression_prototype
+from segexpr.data.synthetic import SyntheticFaces, render
+from segexpr.data.transforms import to_batch_tensors
+from segexpr.losses.gan import adversarial_g_loss
+from segexpr.models.generators import ExpressionCoder
+from segexpr.modules.generator import GeneratorModule, image_code_loss
+from segexpr.modules.joint import JointModule, sample_grid, sample_grid_columns
+
+SIZE = 32
+
+
+def tiny_module(task="both", region_source="segmenter", joint=True, segmenter=True, **kwargs) -> JointModule:
+    kwargs.setdefault("n_critic", 1)
+    kwargs.setdefault("sample_every_n_steps", 0)
+    return JointModule(
+        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}} if segmenter else None,
+        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
+                                        "local_n_res": 1, "crop_size": 16},
+                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
+        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
+                                                                    "local_channels": 8, "local_n_layers": 2,
+                                                                    "feature_hidden": 16}},
+        task=task, region_source=region_source, joint=joint, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pair_batches():
+    """Two cached paired SynthFACS batches of 4 (rendered once for the whole file)."""
+    dataset = SyntheticFaces(size=SIZE, length=8, seed=0, pairs=True, identities=4)
+    return list(DataLoader(dataset, batch_size=4))
+
+
+def loader(batches):
+    return DataLoader(batches, batch_size=None)
+
+
+def face(identity: int, expression: int) -> torch.Tensor:
+    return to_batch_tensors(render(identity, expression_prototype(expression), SIZE))["image"]
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("kwargs, message", [
+    ({"task": "edit"}, "unknown task 'edit'"),
+    ({"region_source": "boxes"}, "unknown region_source 'boxes'"),
+    ({"adv_loss": "lsgan"}, "unknown adv_loss 'lsgan'"),
+    ({"n_critic": 0}, "n_critic must be an integer >= 1"),
+    ({"ema_decay": 1.0}, "ema_decay must be in"),
+    ({"lambda_cyc": -1.0}, "lambda_cyc must be >= 0"),
+    ({"au_loss": "huber"}, "unknown au_loss"),
+    ({"segmenter": False}, "region_source='segmenter' needs a segmenter"),
+])
+def test_invalid_configuration_is_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_module(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- gradient paths
+@pytest.mark.parametrize("joint", [True, False])
+def test_generator_loss_reaches_segmenter_only_when_joint(pair_batches, joint):
+    module = tiny_module(task="manipulate", joint=joint)
+    batch = pair_batches[0]
+    region_kwargs, _ = module._region_inputs(batch["image"], None, with_grad=True)
+    out = module.generator(batch["image"], module.coder.from_label(torch.tensor([1, 2, 3, 4])), **region_kwargs)
+    judged = module.discriminator(out.image, out.boxes)
+    loss = adversarial_g_loss("wgan-gp", judged["global"]["adv"]) + sum(
+        adversarial_g_loss("wgan-gp", local["adv"]) for local in judged["local"].values())
+    loss.backward()
+    grads = [p.grad for p in module.segmenter.parameters()]
+    if joint:
+        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    else:
+        assert all(g is None or float(g.abs().sum()) == 0 for g in grads)
+        assert not any(p.requires_grad for p in module.segmenter.parameters())
+
+
+def test_landmark_boxes_follow_the_landmarks(pair_batches):
+    module = tiny_module(region_source="landmarks", segmenter=False).eval()
+    batch = pair_batches[0]
+    images, landmarks = batch["image"], batch["landmarks"]
+    code = module.coder.from_label(torch.tensor([1, 1, 1, 1]))
+    shifted = landmarks + torch.tensor([4.0, 0.0])  # 4 px to the right
+    with torch.no_grad():
+        boxes = module.generator(images, code, landmarks=landmarks).boxes
+        moved = module.generator(images, code, landmarks=shifted).boxes
+    # normalised x = 2 * x_pixel / W - 1, so +4 px moves every centre by 8 / W; sizes are unchanged
+    assert torch.allclose(moved[..., 0] - boxes[..., 0], torch.full_like(boxes[..., 0], 8 / SIZE), atol=1e-5)
+    assert torch.allclose(moved[..., 1:], boxes[..., 1:], atol=1e-6)
+    masks, masks_moved = module.regions(images, landmarks), module.regions(images, shifted)
+    xs = torch.arange(SIZE, dtype=torch.float32)
+    centre = (masks.sum(2) * xs).sum(-1) / masks.sum((2, 3))
+    centre_moved = (masks_moved.sum(2) * xs).sum(-1) / masks_moved.sum((2, 3))
+    assert torch.allclose(centre_moved - centre, torch.full_like(centre, 4.0), atol=0.5)
+    assert not torch.equal(module.edit(images, "happy", landmarks=landmarks), module.edit(images, "happy", landmarks=shifted))
+    with pytest.raises(KeyError, match="landmarks"):
+        module.edit(images, "happy")
+
+
+# ------------------------------------------------------------------------------------------------ code swapping
+def test_transfer_uses_the_reference_code(pair_batches):
+    module = tiny_module(task="transfer", region_source="none", segmenter=False)
+    batch = pair_batches[0]
+    images, references = batch["image"], batch["reference_image"]
+    out = module.transfer(images, references)
+    assert not torch.allclose(out, module.transfer(images, references.flip(0)))
+    # the output is G(a, code(b)) exactly
+    expected = module.generator(images, module.coder.from_image(references)).image.clamp(-1, 1)
+    assert torch.allclose(out, expected.detach(), atol=1e-6)
+
+
+def test_reference_identity_matters_less_than_its_aus():
+    """After training the coder's loss, a new identity with the same AUs moves the transfer far less than new AUs."""
+    torch.manual_seed(0)
+    train = list(DataLoader(SyntheticFaces(size=SIZE, length=256, seed=0, identities=128), batch_size=16, shuffle=True))
+    generator = GeneratorModule(generator_kwargs={"region_source": "none", "base_channels": 8, "n_down": 2, "n_res": 1},
+                                coder_kwargs={"code_dim": 16, "base_channels": 16, "n_down": 3})
+    coder: ExpressionCoder = generator.coder
+    optimizer = torch.optim.Adam(coder.parameters(), lr=3e-3, betas=(0.5, 0.999))
+    for step in range(200):  # the coder's part of the generator step: image_code_loss (readout + AU-code alignment)
+        batch = train[step % len(train)]
+        loss = image_code_loss(coder, coder.from_image(batch["image"]), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    module = JointModule(segmenter=None, generator=generator, task="transfer", region_source="none", n_critic=1,
+                         ema_decay=None, sample_every_n_steps=0,
+                         discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
+                                                                                     "feature_hidden": 16}})
+    pairs = list(DataLoader(SyntheticFaces(size=SIZE, length=8, seed=1, identities=4, pairs=True), batch_size=4))
+    pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(module, loader(pairs))
+
+    sources = torch.stack([face(9000 + k, 0) for k in range(4)])  # identities never seen in training
+    identity_change = au_change = 0.0
+    for expression, other in ((1, 3), (2, 6), (5, 4), (3, 1)):
+        reference = face(9100, expression).expand(4, -1, -1, -1)
+        same_aus_new_identity = face(9200, expression).expand(4, -1, -1, -1)
+        same_identity_new_aus = face(9100, other).expand(4, -1, -1, -1)
+        out = module.transfer(sources, reference)
+        identity_change += float((out - module.transfer(sources, same_aus_new_identity)).abs().mean())
+        au_change += float((out - module.transfer(sources, same_identity_new_aus)).abs().mean())
+    assert au_change > 0
+    print(f"identity_change={identity_change:.3g} au_change={au_change:.3g}")
+    assert identity_change < 0.5 * au_change, (identity_change, au_change)
+
+
+# ------------------------------------------------------------------------------------- training + checkpoints
+def _snapshot(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(module: torch.nn.Module, before: list[torch.Tensor]) -> bool:
+    return any(not torch.equal(p.detach(), b) for p, b in zip(module.parameters(), before))
+
+
+@pytest.mark.parametrize("task, region_source, adv_loss", [
+    ("manipulate", "segmenter", "wgan-gp"),
+    ("transfer", "segmenter", "hinge"),
+    ("both", "segmenter", "wgan-gp"),
+    ("both", "landmarks", "nonsaturating"),
+    ("both", "none", "wgan-gp"),
+])
+def test_training_steps_checkpoint_roundtrip(pair_batches, tmp_path, task, region_source, adv_loss):
+    module = tiny_module(task=task, region_source=region_source, adv_loss=adv_loss,
+                         segmenter=region_source == "segmenter", lambda_seg=0.0)  # seg changes come from GAN losses only
+    parts = {"global_d": module.discriminator.global_d, "generator": module.generator, "coder": module.coder}
+    if region_source != "none":
+        parts["local_d"] = module.discriminator.local_d
+    if task != "manipulate":
+        parts["feature_classifier"] = module.discriminator.feature_classifier
+    if region_source == "segmenter":
+        parts["segmenter"] = module.segmenter
+    before = {name: _snapshot(part) for name, part in parts.items()}
+    optimizers_per_batch = 2 if task == "manipulate" else 3  # D (+ feature classifier) + G; global_step counts each
+    trainer = pl.Trainer(max_steps=optimizers_per_batch, logger=False, enable_checkpointing=True,
+                         default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, loader(pair_batches[:1]))  # one batch: every optimiser steps once
+    assert module._train_batches == 1
+    metrics = dict(trainer.callback_metrics)
+    assert "train/d_loss" in metrics and "train/g_loss" in metrics
+    assert all(math.isfinite(float(v)) for v in metrics.values()), metrics
+    for name, snapshot in before.items():
+        assert _changed(parts[name], snapshot), f"{name} did not change"
+    assert module.ema is not None and module.ema.initialized
+
+    val = trainer.validate(module, loader(pair_batches[:1]), verbose=False)[0]
+    assert math.isfinite(val["val/recon_l1"]) and 0 <= val["val/d_acc_edit"] <= 1
+    if region_source == "segmenter":
+        assert 0 <= val["val/parsing_miou"] <= 1
+    if task != "manipulate":
+        assert math.isfinite(val["val/transfer_l1_gt"])
+    assert list((tmp_path / "samples").glob("val_samples_step*.png")), "no sample grid written"
+
+    path = tmp_path / "joint.ckpt"
+    trainer.save_checkpoint(path)
+    restored = JointModule.load_from_checkpoint(path)
+    images, landmarks = pair_batches[1]["image"], pair_batches[1]["landmarks"]
+    assert torch.equal(module.edit(images, expression=3, landmarks=landmarks),
+                       restored.edit(images, expression=3, landmarks=landmarks))
+    assert restored._train_batches == module._train_batches
+    assert torch.equal(restored.ema.averaged.n_averaged, module.ema.averaged.n_averaged)
+
+
+def test_n_critic_schedules_generator_steps(pair_batches):
+    module = tiny_module(task="manipulate", region_source="none", segmenter=False, n_critic=2, ema_decay=None)
+    generator_before = _snapshot(module.generator)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, loader(pair_batches))  # one batch: a D step only
+    assert not _changed(module.generator, generator_before)
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, loader(pair_batches))  # second batch: D + G
+    assert _changed(module.generator, generator_before)
+
+
+def test_non_finite_loss_names_the_loss_and_step(pair_batches):
+    module = tiny_module(task="manipulate", region_source="none", segmenter=False)
+    bad = dict(pair_batches[0])
+    bad["aus"] = bad["aus"].clone()
+    bad["aus"][0, 0] = float("nan")
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=r"non-finite discriminator loss \(.*au.*\) at global step 0"):
+        trainer.fit(module, loader([bad]))
+
+
+def test_transfer_task_requires_references(pair_batches):
+    module = tiny_module(task="transfer", region_source="none", segmenter=False)
+    batch = {k: v for k, v in pair_batches[0].items() if not k.startswith("reference") and k != "transfer_target"}
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(KeyError, match="reference_image"):
+        trainer.fit(module, loader([batch]))
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def test_edit_transfer_regions_api(pair_batches):
+    module = tiny_module(task="both").train()
+    images = torch.rand(2, 3, 40, 52) * 2 - 1  # not the training size
+    by_name = module.edit(images, expression="happy")
+    assert by_name.shape == images.shape and by_name.min() >= -1 and by_name.max() <= 1
+    assert module.training, "train mode must be restored"
+    assert torch.equal(by_name, module.edit(images, expression=EXPRESSIONS.index("happy")))
+    assert torch.equal(by_name, module.edit(images, expression=torch.tensor([1, 1])))
+    prototype = torch.from_numpy(expression_prototype("surprise"))
+    assert torch.equal(module.edit(images, aus=prototype), module.edit(images, aus=prototype.expand(2, NUM_AUS)))
+    assert not torch.allclose(by_name, module.edit(images, expression="sad"))
+    same_size = pair_batches[0]["image"]
+    assert module.edit(same_size, expression=0).shape == same_size.shape
+    assert module.transfer(images, pair_batches[0]["reference_image"][:2]).shape == images.shape
+    masks = module.regions(images)
+    assert masks.shape == (2, 4, 40, 52) and masks.min() >= 0 and masks.max() <= 1
+    for bad in ({}, {"expression": 1, "aus": prototype}):
+        with pytest.raises(ValueError, match="exactly one"):
+            module.edit(images, **bad)
+    with pytest.raises(ValueError, match="unknown expression 'smug'"):
+        module.edit(images, expression="smug")
+    with pytest.raises(ValueError, match="aus must be"):
+        module.edit(images, aus=torch.zeros(3, NUM_AUS))
+    global_only = tiny_module(region_source="none", segmenter=False)
+    assert global_only.regions(images).shape == (2, 0, 40, 52)
+
+
+def test_sample_grid_layout(pair_batches):
+    module = tiny_module(task="both")
+    batch = pair_batches[0]
+    grid = sample_grid(module, batch, num_samples=2)
+    columns = sample_grid_columns(module, batch)
+    assert columns == ["source", *EXPRESSIONS, "reference", "transfer", "regions"]
+    pad = 2
+    assert grid.shape == (3, 2 * (SIZE + pad) + pad, len(columns) * (SIZE + pad) + pad)
+    assert grid.min() >= 0 and grid.max() <= 1
+
+
+def test_lightning_cli_builds_joint_module_from_yaml(tmp_path):
+    from segexpr.cli import lightning_cli
+
+    config = tmp_path / "joint.yaml"
+    config.write_text(f"""
+model:
+  class_path: segexpr.modules.joint.JointModule
+  init_args:
+    task: manipulate
+    region_source: segmenter
+    n_critic: 2
+    segmenter:
+      class_path: segexpr.modules.segmenter.SegmenterModule
+      init_args: {{arch: unet, segmenter_kwargs: {{base_channels: 8, depth: 2}}}}
+    generator:
+      class_path: segexpr.modules.generator.GeneratorModule
+      init_args:
+        generator_kwargs: {{base_channels: 8, n_down: 2, n_res: 1, local_channels: 8, local_n_res: 1, crop_size: 16}}
+        coder_kwargs: {{code_dim: 16, base_channels: 8, n_down: 2}}
+    discriminator:
+      class_path: segexpr.modules.discriminator.AUDiscriminatorModule
+      init_args:  # a ready module is not adjusted: its AU-free width must match the generator's (8 * 2**2)
+        image_size: {SIZE}
+        discriminator_kwargs: {{base_channels: 8, n_layers: 3, local_channels: 8, au_free_channels: 32}}
+data:
+  class_path: segexpr.data.synthetic.SyntheticFacesDataModule
+  init_args: {{size: {SIZE}, train_length: 8, val_length: 4, test_length: 4}}
+trainer:
+  logger: false
+  default_root_dir: {tmp_path}
+""")
+    cli = lightning_cli(["--config", str(config)], run=False)
+    module = cli.model
+    assert isinstance(module, JointModule)
+    assert module.hparams.n_critic == 2 and module.segmenter_trainable
+    assert module.hparams.segmenter["class_path"].endswith("SegmenterModule")
+    assert module.generator.region_source == "segmenter" and module.image_size == SIZE
