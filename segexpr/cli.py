@@ -13,6 +13,9 @@ from typing import Sequence
 #: subcommand -> "module:function" taking ``argv`` (the arguments after the subcommand).
 EXTRA_COMMANDS = {
     "export-synthetic": "segexpr.data.export:main",
+    "edit": "segexpr.inference:edit_main",
+    "transfer": "segexpr.inference:transfer_main",
+    "evaluate": "segexpr.evaluate:main",
 }
 
 

@@ -148,6 +148,9 @@ class JointModule(pl.LightningModule):
         lambda_gp, lambda_cls, lambda_au, lambda_cyc, lambda_rec, lambda_swap, lambda_attn_mean,
         lambda_attn_tv, lambda_seg, lambda_mcadv, lambda_local, lambda_code: loss weights (see
             ``docs/training.md``). ``lambda_code`` weighs the code-readout supervision of the coder.
+        lambda_paired: weight of an L1 loss between the transfer and ``batch["transfer_target"]`` when the data
+            has one (SynthFACS pairs know the exact answer). ``0`` (default) keeps training unpaired, as in the
+            papers; a positive weight is a SynthFACS-only training aid that makes short CPU runs visibly learn.
         au_loss: ``"mse"`` or ``"l1"`` AU regression.
         label_target_probability: share of manipulate targets drawn as random expression labels (their
             prototype AU vector is the AU target); the rest are the real AU vectors of other batch samples.
@@ -187,6 +190,7 @@ class JointModule(pl.LightningModule):
         lambda_mcadv: float = 1.0,
         lambda_local: float = 1.0,
         lambda_code: float = 1.0,
+        lambda_paired: float = 0.0,
         au_loss: str = "mse",
         label_target_probability: float = 0.5,
         sample_every_n_steps: int = 500,
@@ -555,7 +559,11 @@ class JointModule(pl.LightningModule):
                  + hp.lambda_mcadv * losses["mcadv_encoder"])
         out = {f"transfer/{k}": v for k, v in losses.items()}
         if batch.get("transfer_target") is not None:
-            out["transfer_l1_gt"] = F.l1_loss(swapped.image.detach().float(), batch["transfer_target"].float())
+            paired = F.l1_loss(swapped.image.float(), batch["transfer_target"].float())
+            out["transfer_l1_gt"] = paired.detach()
+            if hp.lambda_paired > 0:
+                out["transfer/paired_l1"] = paired
+                total = total + hp.lambda_paired * paired
         return out, total
 
     # ------------------------------------------------------------------ Lightning hooks
