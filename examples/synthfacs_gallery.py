@@ -10,14 +10,12 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
-from torchvision.utils import make_grid
+from PIL import Image
 
 from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS, expression_prototype
 from segexpr.data.synthetic import render
 from segexpr.data.transforms import to_batch_tensors
-from segexpr.visualize import overlay
+from segexpr.visualize import overlay, titled_grid
 
 
 def gallery(size: int, identities: int, first_identity: int = 0, upscale: int = 1) -> Image.Image:
@@ -28,19 +26,7 @@ def gallery(size: int, identities: int, first_identity: int = 0, upscale: int = 
         images = torch.stack([s["image"] for s in samples])
         masks = torch.stack([s["mask"] for s in samples])
         rows += [images, overlay(images, masks, alpha=0.6)]
-    tiles = torch.cat(rows)
-    if upscale > 1:
-        tiles = F.interpolate(tiles, scale_factor=upscale, mode="nearest")
-    grid = make_grid(tiles, nrow=NUM_EXPRESSIONS, padding=2, normalize=True, value_range=(-1, 1))
-    body = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
-    header = 16
-    canvas = Image.new("RGB", (body.width, body.height + header), "white")
-    canvas.paste(body, (0, header))
-    draw = ImageDraw.Draw(canvas)
-    tile = size * upscale + 2
-    for column, name in enumerate(EXPRESSIONS):
-        draw.text((2 + column * tile + 2, 2), name, fill="black")
-    return canvas
+    return titled_grid(torch.cat(rows), EXPRESSIONS, upscale=upscale)
 
 
 def main() -> None:

@@ -40,3 +40,53 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5) -> torc
     colours = colorize(mask)
     weight = alpha * (mask != 0).unsqueeze(-3).to(image.dtype)
     return (1 - weight) * image + weight * colours
+
+
+
+def label_columns(grid: torch.Tensor, titles: list[str] | tuple[str, ...], tile_width: int, padding: int = 2,
+                  header: int = 16) -> "Image.Image":
+    """Write column titles above a ``torchvision.utils.make_grid`` result.
+
+    Args:
+        grid: float ``[3, H, W]`` in ``[0, 1]`` (as ``make_grid`` returns for ``[0, 1]`` tiles).
+        titles: one title per column, left to right.
+        tile_width: width of one tile in ``grid`` (without padding).
+        padding: the ``padding`` the grid was made with.
+        header: height of the title strip.
+    """
+    from PIL import Image, ImageDraw
+
+    if grid.dim() != 3 or grid.shape[0] != 3:
+        raise ValueError(f"grid must be [3, H, W], got {tuple(grid.shape)}")
+    body = Image.fromarray(grid.detach().float().cpu().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
+    canvas = Image.new("RGB", (body.width, body.height + header), "white")
+    canvas.paste(body, (0, header))
+    draw = ImageDraw.Draw(canvas)
+    for column, name in enumerate(titles):
+        draw.text((padding + column * (tile_width + padding) + 2, 2), name, fill="black")
+    return canvas
+
+
+def titled_grid(tiles: torch.Tensor, titles: list[str] | tuple[str, ...], padding: int = 2,
+                header: int = 16, upscale: int = 1) -> "Image.Image":
+    """A PIL image of ``tiles`` laid out with one column per title and the titles written above.
+
+    Args:
+        tiles: float ``[N, 3, h, w]`` in ``[-1, 1]``, row-major (``len(titles)`` tiles per row).
+        titles: column titles.
+        padding: pixels between tiles.
+        header: height of the title strip.
+        upscale: nearest-neighbour enlargement of small tiles, for viewing.
+    """
+    import torch.nn.functional as F
+    from torchvision.utils import make_grid
+
+    if tiles.dim() != 4 or tiles.shape[1] != 3:
+        raise ValueError(f"tiles must be [N, 3, h, w], got {tuple(tiles.shape)}")
+    if not titles or tiles.shape[0] % len(titles):
+        raise ValueError(f"{tiles.shape[0]} tiles do not fill rows of {len(titles)} titled columns")
+    if upscale > 1:
+        tiles = F.interpolate(tiles, scale_factor=upscale, mode="nearest")
+    grid = make_grid(tiles.detach().float().cpu().clamp(-1, 1), nrow=len(titles), padding=padding,
+                     normalize=True, value_range=(-1, 1), pad_value=1.0)
+    return label_columns(grid, titles, tiles.shape[-1], padding=padding, header=header)

@@ -25,6 +25,7 @@ from segexpr.losses.gan import au_regression_loss, expression_classification_los
 from segexpr.models.discriminators import AUDiscriminator
 from segexpr.models.generators import boxes_from_landmarks, boxes_from_masks, canonical_boxes
 from segexpr.models.regions import hard_regions
+from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["AUDiscriminatorModule", "real_region_boxes"]
 
@@ -89,7 +90,7 @@ class AUDiscriminatorModule(pl.LightningModule):
         for name, value in (("lambda_cls", lambda_cls), ("lambda_au", lambda_au), ("lambda_local", lambda_local)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(constructor_arguments(AUDiscriminatorModule, locals()))
         self.image_size = int(image_size)
         self.discriminator = AUDiscriminator(image_size=image_size, **dict(discriminator_kwargs or {}))
         num_expressions = self.discriminator.global_d.expression_head.out_features

@@ -29,6 +29,7 @@ from segexpr.losses.gan import (
 )
 from segexpr.models.generators import ExpressionCoder, GeneratorOutput, HierarchicalGenerator, create_generator
 from segexpr.models.regions import hard_regions
+from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["GeneratorModule", "generator_region_inputs", "image_code_loss"]
 
@@ -123,7 +124,7 @@ class GeneratorModule(pl.LightningModule):
                             ("lambda_color", lambda_color)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(constructor_arguments(GeneratorModule, locals()))
         coder_kwargs = dict(coder_kwargs or {})
         generator_kwargs = dict(generator_kwargs or {})
         self.coder = ExpressionCoder(**coder_kwargs)

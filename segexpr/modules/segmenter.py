@@ -41,6 +41,7 @@ from segexpr.losses.segmentation import dice_loss, ohem_cross_entropy
 from segexpr.metrics.parsing import ParsingMetrics
 from segexpr.models.segmenters import Segmenter, create_segmenter, list_segmenters
 from segexpr.visualize import overlay
+from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["SegmenterModule", "LOSSES", "OPTIMIZERS"]
 
@@ -119,7 +120,7 @@ class SegmenterModule(pl.LightningModule):
                             ("num_overlays", num_overlays), ("poly_power", poly_power)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(constructor_arguments(SegmenterModule, locals()))
         self.segmenter: Segmenter = create_segmenter(arch, num_classes=num_classes, **(segmenter_kwargs or {}))
         if class_names is None:
             class_names = (CELEBAMASK_HQ_CLASSES if num_classes == len(CELEBAMASK_HQ_CLASSES)
