@@ -228,3 +228,23 @@ def test_bad_configuration_raises():
     with pytest.raises(ValueError, match="does not match"):
         module.training_step({"image": torch.zeros(1, 3, 16, 16), "mask": torch.zeros(1, 8, 8, dtype=torch.long)}, 0)
     assert module.class_names == CELEBAMASK_HQ_CLASSES
+
+
+def test_pretrained_checkpoint_initialises_the_segmenter(tmp_path):
+    import pytorch_lightning as pl
+
+    from segexpr.inference import CheckpointError
+
+    source = SegmenterModule(arch="unet", segmenter_kwargs={"base_channels": 8, "depth": 2})
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_steps=0)
+    trainer.strategy.connect(source)
+    trainer.save_checkpoint(tmp_path / "seg.ckpt")
+    target = SegmenterModule(arch="unet", segmenter_kwargs={"base_channels": 8, "depth": 2},
+                             pretrained=str(tmp_path / "seg.ckpt"))
+    for a, b in zip(source.segmenter.state_dict().values(), target.segmenter.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        SegmenterModule(arch="unet", segmenter_kwargs={"base_channels": 16, "depth": 2},
+                        pretrained=str(tmp_path / "seg.ckpt"))
+    with pytest.raises(CheckpointError, match="not found"):
+        SegmenterModule(arch="unet", pretrained=str(tmp_path / "missing.ckpt"))

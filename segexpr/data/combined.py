@@ -2,7 +2,7 @@
 
 The joint AffectNet + CelebAMask-HQ recipe trains the GAN on AffectNet (expressions, no masks) while the
 segmenter keeps its mask supervision from CelebAMask-HQ, so joint GAN training cannot erode parsing. Each
-train batch is ``{"expression": <batch>, "parsing": <batch>}``, built by Lightning's own ``CombinedLoader``;
+train batch is ``{"gan": <batch>, "parsing": <batch>}``, built by Lightning's own ``CombinedLoader``;
 ``JointModule`` recognises that shape.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class CombinedDataModule(pl.LightningDataModule):
             ``"min_size"`` (stop at the shorter one).
 
     Validation and test use the expression DataModule's loaders (edits are judged on expression data) and
-    the parsing DataModule's, as ``{"expression": ..., "parsing": ...}`` batches in ``"min_size"`` mode.
+    the parsing DataModule's, as ``{"gan": ..., "parsing": ...}`` batches in ``"min_size"`` mode.
     """
 
     def __init__(self, expression: pl.LightningDataModule, parsing: pl.LightningDataModule,
@@ -48,7 +48,7 @@ class CombinedDataModule(pl.LightningDataModule):
             dm.setup(stage)
 
     def _combine(self, loader_name: str, mode: str) -> CombinedLoader:
-        return CombinedLoader({"expression": getattr(self.expression, loader_name)(),
+        return CombinedLoader({"gan": getattr(self.expression, loader_name)(),
                                "parsing": getattr(self.parsing, loader_name)()}, mode)
 
     def train_dataloader(self) -> CombinedLoader:

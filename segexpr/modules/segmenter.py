@@ -76,6 +76,8 @@ class SegmenterModule(pl.LightningModule):
             ``{"backbone_width": 32}`` or ``{"base_channels": 16, "depth": 4}``).
         class_names: names for metric keys; default CelebAMask-HQ order A for 19 classes.
         num_overlays: validation images drawn as overlays once per validation run (0 disables).
+        pretrained: a ``SegmenterModule`` checkpoint to initialise the network from (e.g. a parser trained on
+            CelebAMask-HQ, reused by ``JointModule`` on AffectNet); read with ``weights_only=True``.
 
     Batches: dicts with ``image`` float ``[B, 3, H, W]`` in ``[-1, 1]`` and ``mask`` int64 ``[B, H, W]``
     (``mask`` is not needed for ``predict``). ``forward(images)`` returns logits ``[B, C, H, W]``;
@@ -102,6 +104,7 @@ class SegmenterModule(pl.LightningModule):
         segmenter_kwargs: dict[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         num_overlays: int = 4,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         if str(arch).lower() not in list_segmenters():
@@ -122,6 +125,8 @@ class SegmenterModule(pl.LightningModule):
                 raise ValueError(f"{name} must be >= 0, got {value}")
         self.save_hyperparameters(constructor_arguments(SegmenterModule, locals()))
         self.segmenter: Segmenter = create_segmenter(arch, num_classes=num_classes, **(segmenter_kwargs or {}))
+        if pretrained is not None:
+            self.load_segmenter_weights(pretrained)
         if class_names is None:
             class_names = (CELEBAMASK_HQ_CLASSES if num_classes == len(CELEBAMASK_HQ_CLASSES)
                            else [f"class_{i}" for i in range(num_classes)])
@@ -131,6 +136,23 @@ class SegmenterModule(pl.LightningModule):
         self._overlay_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ forward / losses
+    def load_segmenter_weights(self, path: str) -> None:
+        """Initialise the network from a ``SegmenterModule`` checkpoint (read with ``weights_only=True``).
+
+        Only the ``segmenter.*`` weights are taken; optimiser state and hyperparameters of that run are not.
+        The architecture must match (mismatched keys or shapes are reported by name).
+        """
+        from segexpr.inference import CheckpointError, read_checkpoint
+
+        state = {k[len("segmenter."):]: v for k, v in read_checkpoint(path)["state_dict"].items()
+                 if k.startswith("segmenter.")}
+        if not state:
+            raise CheckpointError(f"{path} holds no 'segmenter.*' weights (is it a SegmenterModule checkpoint?)")
+        try:
+            self.segmenter.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path} does not fit this {self.hparams.arch} segmenter: {err}") from err
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits float ``[B, C, H, W]`` for images float ``[B, 3, H, W]`` in ``[-1, 1]``."""
         return self.segmenter(images)
