@@ -237,3 +237,18 @@ def test_identity_preservation_uses_recogniser_features_and_merges_states():
         full.update(source, edited[:, :, :16])
     with pytest.raises(ValueError, match="identity"):
         full.update(source, edited, torch.zeros(3, dtype=torch.long))
+
+
+def test_expanded_targets_are_accepted():
+    from torch import nn
+
+    from segexpr.metrics.expression import ExpressionEditMetrics
+
+    class ConstantJudge(nn.Module):  # a real (parameter-free) module: says neutral, AUs 0.5
+        def forward(self, images):
+            return torch.zeros(images.shape[0], 8), torch.full((images.shape[0], 17), 0.5)
+
+    metric = ExpressionEditMetrics(ConstantJudge())
+    images = torch.zeros(4, 3, 16, 16)
+    values = metric(images, torch.zeros(4, dtype=torch.long)[::1], torch.full((17,), 0.25).expand(4, -1))
+    assert float(values["expression_accuracy"]) == 1.0 and abs(float(values["au_mae"]) - 0.25) < 1e-6

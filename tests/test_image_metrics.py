@@ -143,3 +143,15 @@ def test_expression_area_dilates_by_the_given_radius():
         expression_area(mask, dilation=-1)
     with pytest.raises(ValueError, match="integer class map"):
         expression_area(mask.float())
+
+
+def test_strided_inputs_are_accepted():
+    """Slices and permuted views (as benchmark code produces them) give the same values as contiguous copies."""
+    from segexpr.metrics.image import GroundTruthMetrics
+
+    torch.manual_seed(0)
+    base = torch.rand(8, 3, 16, 16) * 2 - 1
+    preds, target = base[::2], (torch.rand(4, 3, 16, 16) * 2 - 1).permute(0, 1, 3, 2)
+    strided = GroundTruthMetrics()(preds, target)
+    contiguous = GroundTruthMetrics()(preds.contiguous(), target.contiguous())
+    assert all(torch.allclose(strided[k], contiguous[k]) for k in contiguous)

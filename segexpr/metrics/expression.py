@@ -170,7 +170,8 @@ class ExpressionEditMetrics(WrapperMetric):
         if batch and (int(target_expression.min()) < 0 or int(target_expression.max()) >= self.num_expressions):
             raise ValueError(f"target_expression must be in [0, {self.num_expressions}), got values in "
                              f"[{int(target_expression.min())}, {int(target_expression.max())}]")
-        target_expression = target_expression.to(logits.device).long()
+        # torchmetrics flattens with .view(): strided inputs (slices, expand) must be made contiguous.
+        target_expression = target_expression.to(logits.device).long().contiguous()
         if target_aus is not None:
             if not isinstance(target_aus, Tensor) or tuple(target_aus.shape) != (batch, self.num_aus):
                 raise ValueError(f"target_aus must be [B, {self.num_aus}] = {(batch, self.num_aus)}, got "
@@ -179,8 +180,8 @@ class ExpressionEditMetrics(WrapperMetric):
                                        or float(target_aus.max()) > 1 + RANGE_TOLERANCE):
                 raise ValueError(f"target_aus must be in [0, 1], got values in [{float(target_aus.min()):.4g}, "
                                  f"{float(target_aus.max()):.4g}]")
-            target_aus = target_aus.to(aus.device).float()
-        return logits, target_expression, aus, target_aus
+            target_aus = target_aus.to(aus.device).float().contiguous()
+        return logits.contiguous(), target_expression, aus.contiguous(), target_aus
 
     def update(self, edited: Tensor, target_expression: Tensor, target_aus: Tensor | None = None) -> None:
         logits, target_expression, aus, target_aus = self._judge(edited, target_expression, target_aus)

@@ -89,12 +89,13 @@ class GroundTruthMetrics(MetricCollection):
     def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
         """Accumulate a batch: ``preds`` (edits) and ``target`` (ground truth), float ``[B, 3, H, W]`` in [-1, 1]."""
         self._validate(preds, target)
-        super().update(preds.float(), target.float())
+        # torchmetrics flattens with .view(): strided inputs (slices, expand, permute) must be made contiguous.
+        super().update(preds.float().contiguous(), target.float().contiguous())
 
     def forward(self, preds: Tensor, target: Tensor) -> dict[str, Any]:  # type: ignore[override]
         """Accumulate a batch and return the metrics of that batch alone."""
         self._validate(preds, target)
-        return super().forward(preds.float(), target.float())
+        return super().forward(preds.float().contiguous(), target.float().contiguous())
 
     @staticmethod
     def _validate(preds: Tensor, target: Tensor) -> None:
