@@ -13,11 +13,17 @@ Determinism and distribution:
 * workers are seeded with Lightning's ``pl_worker_init_function`` (numpy/random/torch seeded per worker and
   rank); segexpr datasets additionally derive every item's randomness from ``(seed, split, index[, epoch])``,
   so their items do not depend on worker count or order at all;
-* under DDP (``use_distributed_sampler=True``, Lightning's default) Lightning wraps the train sampler — the
+* under DDP (``use_distributed_sampler=True``, Lightning's default) the train loader wraps its sampler — the
   default :class:`EpochSampler` or the custom one :meth:`train_sampler` returns — in a
-  ``DistributedSamplerWrapper``: every rank draws a disjoint share of the same sequence, and the wrapper
-  forwards ``set_epoch`` to the wrapped sampler. Val/test/predict loaders (sequential) get a plain
-  ``DistributedSampler``.
+  ``DistributedSamplerWrapper`` with ``shuffle=False``: rank ``r`` of ``W`` takes positions ``r, r + W, ...``
+  of the one sequence, so the ``W`` per-rank batches ``k`` together hold exactly the samples of batch ``k`` of a
+  single process with batch ``W * batch_size`` (global batch semantics). Lightning's automatic wrapper would
+  use ``shuffle=True``, which re-permutes positions across ranks; it leaves an existing ``DistributedSampler``
+  alone. The wrapper forwards ``set_epoch`` to the wrapped sampler. Val/test/predict loaders (sequential) get
+  Lightning's plain ``DistributedSampler``;
+* the train loader is a :class:`ResumableDataLoader`: checkpoints record the position in the epoch and a
+  resumed run (also after a killed process) continues with the next unseen batch, so a resumed run sees
+  exactly the batches of an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -28,12 +34,13 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 from lightning_fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segexpr.data.transforms import derive_seed, to_batch_tensors
 
-__all__ = ["EpochSampler", "FaceDataModule", "IndexedFaceDataset", "SPLITS"]
+__all__ = ["EpochSampler", "FaceDataModule", "IndexedFaceDataset", "ResumableDataLoader", "SPLITS"]
 
 #: The split names ``build_dataset`` receives.
 SPLITS: tuple[str, ...] = ("train", "val", "test", "predict")
@@ -91,6 +98,98 @@ class EpochSampler(Sampler[int]):
         else:
             order = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=generator)
         return iter(order.tolist())
+
+
+class _SkipFirstBatches(Sampler[list[int]]):
+    """Index sampler of :class:`ResumableDataLoader`: its first iteration after a resume skips consumed batches.
+
+    The skip count is read from the loader when iteration starts (lazily, after Lightning has set the epoch) and
+    cleared, so later epochs, including persistent workers' re-iterations, pass through unchanged. Skipping
+    happens on *indices*, so skipped items are never loaded. ``len`` stays the full epoch: Lightning restores
+    its own batch counter and stops when the loader is exhausted.
+    """
+
+    def __init__(self, inner: Any, loader: "ResumableDataLoader") -> None:
+        self.inner = inner
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self.loader._pending_skip = self.loader._pending_skip, 0
+        iterator = iter(self.inner)
+        for _ in range(skip):
+            if next(iterator, None) is None:
+                return
+        yield from iterator
+
+
+def _set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """``set_epoch`` on the loader's sampler and batch sampler's sampler (each once), like Lightning does."""
+    targets = {}
+    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if obj is not None and callable(getattr(obj, "set_epoch", None)):
+            targets[id(obj)] = obj
+    for obj in targets.values():
+        obj.set_epoch(epoch)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that Lightning can resume mid-epoch (it implements ``state_dict``/``load_state_dict``).
+
+    Lightning 2.x restores its loop counters from a checkpoint but does not fast-forward a plain DataLoader:
+    after a mid-epoch resume the epoch would start again from its first batch (Lightning warns "your dataloader
+    is not resumable"). Lightning *does* save and restore the state of loaders that implement the ``Stateful``
+    protocol, and this class does so:
+
+    * ``state_dict()`` records the position from ``position()`` (the DataModule passes a callable reading the
+      trainer's progress: epoch, batches *processed* in the epoch, batches per epoch, batch size and world
+      size). Lightning prefetches batches and workers prefetch more, so counting batches the iterator handed out
+      would overshoot; the trainer's processed-batch counter is the exact number;
+    * ``load_state_dict()`` (called by Lightning before the first ``iter`` of the resumed run, on the
+      re-instantiated per-rank loader under DDP) sets the sampler's epoch at once (so worker prefetch already
+      uses the resumed epoch's order) and arms a one-shot skip of the consumed batches; a checkpoint taken at the
+      end of an epoch selects the next epoch and skips nothing.
+
+    The data order after the skip is the uninterrupted run's, because the sampler order is ``f(seed, epoch)`` and
+    items are ``f(seed, split, epoch, index)``. Resuming needs the same batch size and world size (a different
+    one raises a ``ValueError`` naming both).
+
+    Args:
+        *args, **kwargs: ``DataLoader`` arguments.
+        position: callable returning the position dict described above (``None``: ``state_dict`` is empty and
+            nothing is resumed).
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], dict[str, int]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._position = position
+        self._pending_skip = 0
+
+    @property
+    def _index_sampler(self) -> Any:
+        return _SkipFirstBatches(super()._index_sampler, self)
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self._position()) if self._position is not None else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state:
+            return
+        here = dict(self._position()) if self._position is not None else {}
+        for key in ("batch_size", "world_size"):
+            if key in state and key in here and int(state[key]) != int(here[key]):
+                raise ValueError(f"cannot resume the train loader mid-epoch: the checkpoint was written with "
+                                 f"{key}={state[key]} but this run has {key}={here[key]} (the data position is "
+                                 f"counted in per-rank batches)")
+        epoch, consumed, per_epoch = int(state["epoch"]), int(state["consumed"]), state.get("batches_per_epoch")
+        if per_epoch is not None and consumed >= float(per_epoch):
+            _set_loader_epoch(self, epoch + 1)  # saved at the end of an epoch: the next one starts afresh
+            self._pending_skip = 0
+        else:
+            _set_loader_epoch(self, epoch)
+            self._pending_skip = consumed
 
 
 class FaceDataModule(pl.LightningDataModule):
@@ -164,11 +263,11 @@ class FaceDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     # ----------------------------------------------------------------------------------------- loaders
-    def _loader(self, split: str, **kwargs: Any) -> DataLoader:
+    def _loader(self, split: str, loader_cls: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
         dataset = self.dataset(split)
         trainer = getattr(self, "trainer", None)
         rank = trainer.global_rank if trainer is not None else 0
-        return DataLoader(
+        return loader_cls(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
@@ -188,9 +287,28 @@ class FaceDataModule(pl.LightningDataModule):
         sampler = self.train_sampler()
         if sampler is None:
             sampler = EpochSampler(dataset, self.seed)
+        trainer = getattr(self, "trainer", None)
+        if (trainer is not None and trainer.world_size > 1
+                and getattr(trainer._accelerator_connector, "use_distributed_sampler", True)):
+            # Shard without re-shuffling (see the module docstring): rank r gets positions r, r + W, ...
+            sampler = DistributedSamplerWrapper(sampler, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                                                shuffle=False, drop_last=True)
         # The generator only seeds the workers' base seed (the order comes from the sampler).
         generator = torch.Generator().manual_seed(self.seed)
-        return self._loader("train", sampler=sampler, drop_last=True, generator=generator)
+        return self._loader("train", sampler=sampler, drop_last=True, generator=generator,
+                            loader_cls=ResumableDataLoader, position=self._train_position)
+
+    def _train_position(self) -> dict[str, int]:
+        """Where training stands in the train loader (saved by :class:`ResumableDataLoader` in checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        per_epoch = trainer.num_training_batches
+        return {"epoch": int(trainer.current_epoch),
+                "consumed": int(loop.epoch_loop.batch_progress.current.processed),
+                "batches_per_epoch": int(per_epoch) if per_epoch != float("inf") else 2 ** 62,
+                "batch_size": int(self.batch_size), "world_size": int(trainer.world_size)}
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -244,6 +362,8 @@ class IndexedFaceDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
         sample = self.load(index)
-        if self.transform is None:
-            return to_batch_tensors(sample)
-        return self.transform(sample, seed=self.item_seed(index))
+        seed = self.item_seed(index)
+        item = to_batch_tensors(sample) if self.transform is None else self.transform(sample, seed=seed)
+        # Per-item key of JointModule's training randomness (independent of rank and batch position).
+        item["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
+        return item

@@ -730,7 +730,8 @@ class SyntheticFaces(Dataset):
     With ``transform=None`` items are batch-contract tensors at ``size``: ``image`` float32 [3, S, S] in [-1, 1],
     ``mask`` int64 [S, S], ``landmarks`` float32 [68, 2], ``aus`` float32 [17], ``expression``/``identity``
     int64. With a :class:`FaceTransform` the numpy render is passed through it with the per-item seed
-    ``derive_seed(seed, split code, epoch, i)``.
+    ``derive_seed(seed, split code, epoch, i)``. Every item also carries that seed as ``sample_seed`` (int64
+    scalar), the per-sample key of :class:`~segexpr.modules.JointModule`'s training randomness.
 
     Args:
         size: render side (16..1024).
@@ -797,10 +798,12 @@ class SyntheticFaces(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.sample_numpy(index)
-        if self.transform is None:
-            return to_batch_tensors(sample)
         seed = derive_seed(self.seed, _SPLIT_CODE[self.split], int(self._epoch[0]), int(index))
-        return self.transform(sample, seed=seed)
+        item = to_batch_tensors(sample) if self.transform is None else self.transform(sample, seed=seed)
+        # Per-item key for training-time randomness (JointModule's targets, GP weights): a property of the
+        # sample, not of the rank or batch position it lands in, so DDP and resumed runs draw the same numbers.
+        item["sample_seed"] = torch.tensor(seed, dtype=torch.int64)
+        return item
 
 
 class SyntheticFacesDataModule(FaceDataModule):

@@ -65,6 +65,7 @@ def gradient_penalty(
     real: torch.Tensor,
     fake: torch.Tensor,
     weight: float = 10.0,
+    alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """WGAN-GP penalty ``weight * E[(||grad_x D(x_hat)||_2 - 1)^2]`` (Gulrajani et al. 2017).
 
@@ -77,13 +78,19 @@ def gradient_penalty(
             whose ``"adv"`` entry holds the scores (the segexpr discriminators' output).
         real, fake: the same shape ``[B, ...]``.
         weight: the penalty weight (10 in WGAN-GP).
+        alpha: optional interpolation weights ``[B]`` in ``[0, 1]`` (default: ``torch.rand``). JointModule
+            passes weights derived from per-sample keys so DDP and resumed runs draw the same ones.
 
     Works under ``torch.autocast``: interpolation and the norm are computed in float32 and the scores are
     cast to float32 before differentiation, so the gradient norm does not lose precision in fp16/bf16.
     """
     if real.shape != fake.shape:
         raise ValueError(f"gradient_penalty needs real and fake of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    alpha = torch.rand([real.shape[0]] + [1] * (real.dim() - 1), device=real.device, dtype=torch.float32)
+    shape = [real.shape[0]] + [1] * (real.dim() - 1)
+    if alpha is None:
+        alpha = torch.rand(shape, device=real.device, dtype=torch.float32)
+    else:
+        alpha = alpha.to(device=real.device, dtype=torch.float32).reshape(shape)
     interpolated = (alpha * real.detach().float() + (1 - alpha) * fake.detach().float()).requires_grad_(True)
     scores = discriminator_fn(interpolated)
     if isinstance(scores, Mapping):

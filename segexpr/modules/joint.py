@@ -55,6 +55,13 @@ from segexpr.metrics.parsing import ParsingMetrics
 from segexpr.models.generators import REGION_SOURCES, GeneratorOutput, box_masks, crop
 from segexpr.models.regions import soft_regions
 from segexpr.modules.discriminator import AUDiscriminatorModule
+from segexpr.modules.distributed import (
+    all_reduce_gradients,
+    broadcast_buffers,
+    disable_reducer,
+    distributed_world_size,
+    keyed_uniform,
+)
 from segexpr.modules.ema import ExponentialMovingAverage
 from segexpr.modules.generator import GeneratorModule, image_code_loss
 from segexpr.modules.segmenter import SegmenterModule
@@ -65,6 +72,10 @@ __all__ = ["JointModule", "TASKS", "sample_grid", "sample_grid_columns", "log_im
 #: Accepted values of ``JointModule(task=...)``.
 TASKS: tuple[str, ...] = ("both", "manipulate", "transfer")
 _REFERENCE_KEYS = ("reference_image",)
+#: Accepted values of ``JointModule(au_donor=...)``.
+AU_DONORS: tuple[str, ...] = ("auto", "reference", "batch")
+# Purpose ids of the keyed random draws (see JointModule._uniform); any distinct small ints.
+_DRAW_LABEL, _DRAW_USE_LABEL, _DRAW_DONOR, _DRAW_GP = 1, 2, 3, 100
 
 
 # ----------------------------------------------------------------------------------------- composition helpers
@@ -98,7 +109,9 @@ def _spec(module: nn.Module | None) -> dict[str, Any] | None:
     if module is None or not isinstance(module, pl.LightningModule):
         return None
     cls = type(module)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(module.hparams)}
+    # LightningCLI stamps "_class_path"/"_instantiator" into hparams; they are not constructor arguments.
+    init_args = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
 def _as_index_tensor(expression: int | str | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -153,7 +166,16 @@ class JointModule(pl.LightningModule):
             papers; a positive weight is a SynthFACS-only training aid that makes short CPU runs visibly learn.
         au_loss: ``"mse"`` or ``"l1"`` AU regression.
         label_target_probability: share of manipulate targets drawn as random expression labels (their
-            prototype AU vector is the AU target); the rest are the real AU vectors of other batch samples.
+            prototype AU vector is the AU target); the rest are real AU vectors of other samples (``au_donor``).
+        au_donor: where the real AU targets come from: ``"reference"`` (the batch's ``reference_aus`` /
+            ``reference_expression``: another sample, chosen per sample by the dataset), ``"batch"`` (a random
+            permutation of the batch's own ``aus``), ``"auto"`` (``"reference"`` when the batch has
+            ``reference_aus``, else ``"batch"``). ``"batch"`` depends on the batch composition, so under DDP
+            each rank permutes its local batch (a different but equally valid draw); the other random draws are
+            per-sample (see ``docs/scaling.md``).
+        compile: ``torch.compile`` the generator, coder, discriminator and segmenter in ``configure_model``
+            (``nn.Module.compile``, so checkpoint keys do not change): ``False`` (default), ``True`` (the
+            default ``"inductor"`` backend) or a backend name (``"aot_eager"``, ``"eager"``, ...).
         sample_every_n_steps: log a sample grid every this many training batches (0 disables); a grid is
             also logged for the first validation batch.
         num_samples: rows of the sample grid.
@@ -195,6 +217,8 @@ class JointModule(pl.LightningModule):
         label_target_probability: float = 0.5,
         sample_every_n_steps: int = 500,
         num_samples: int = 4,
+        au_donor: str = "auto",
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -212,6 +236,10 @@ class JointModule(pl.LightningModule):
                 raise ValueError(f"{name} must be > 0, got {value}")
         if ema_decay is not None and not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay}")
+        if au_donor not in AU_DONORS:
+            raise ValueError(f"unknown au_donor {au_donor!r}; expected one of {AU_DONORS}")
+        if not isinstance(compile, (bool, str)) or compile == "":
+            raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
         if not 0 <= label_target_probability <= 1:
             raise ValueError(f"label_target_probability must be in [0, 1], got {label_target_probability}")
         if sample_every_n_steps < 0 or num_samples < 1:
@@ -298,6 +326,10 @@ class JointModule(pl.LightningModule):
         self.automatic_optimization = False
         self._train_batches = 0  # training batches seen (drives n_critic and sample logging; checkpointed)
         self._optimizer_names: list[str] = []
+        # Fallback source of per-sample keys for batches without ``sample_seed`` (checkpointed; see _batch_keys).
+        self._key_generator: torch.Generator | None = None
+        self._step_keys: torch.Tensor | None = None  # keys of the current training batch (GP weights)
+        self._compiled = False
         self.val_d_acc_edit = MulticlassAccuracy(num_classes=NUM_EXPRESSIONS, average="micro")
         self.val_recon_l1 = MeanMetric()
         self.val_transfer_l1_gt = MeanMetric()
@@ -379,31 +411,69 @@ class JointModule(pl.LightningModule):
         bad = [name for name, value in losses.items() if not bool(torch.isfinite(value).all())]
         raise FloatingPointError(f"JointModule: non-finite {which} loss ({', '.join(bad) or 'total'}) at global step "
                                  f"{self.global_step} (training batch {self._train_batches}): "
-                                 f"{ {k: float(v) for k, v in losses.items()} }")
+                                 f"{ {k: float(v.detach()) for k, v in losses.items()} }")
 
     # ------------------------------------------------------------------ targets
+    def _batch_keys(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """int64 ``[B]`` per-sample keys of the random draws: ``batch["sample_seed"]`` when the data has it.
+
+        segexpr datasets put a per-item ``sample_seed`` in every item, so draws do not depend on the rank or batch
+        position of a sample (DDP == single process) nor on RNG state (resume == uninterrupted). Other data falls
+        back to keys from a module-owned ``torch.Generator`` seeded with ``torch.initial_seed()`` (saved in
+        checkpoints), mixed with the global rank so that ranks draw different numbers.
+        """
+        images = batch["image"]
+        keys = batch.get("sample_seed")
+        if isinstance(keys, torch.Tensor) and keys.numel() == images.shape[0]:
+            return keys.to(device=images.device, dtype=torch.int64).reshape(-1)
+        if self._key_generator is None:
+            self._key_generator = torch.Generator().manual_seed(torch.initial_seed())
+        keys = torch.randint(0, 2 ** 31, (images.shape[0],), generator=self._key_generator, dtype=torch.int64)
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        return (keys + (int(rank) << 32)).to(images.device)
+
+    def _uniform(self, keys: torch.Tensor, purpose: int) -> torch.Tensor:
+        """Per-sample uniform numbers for ``purpose`` at this training batch (pure function of key and counters)."""
+        return keyed_uniform(keys, self._train_batches, purpose)
+
     def _sample_manipulation_targets(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Random targets per sample: an expression label (AU target = its prototype) or another sample's AUs.
+        """Random targets per sample: an expression label (AU target = its prototype) or a donor's real AUs.
 
         Returns ``labels`` int64 [B], ``use_label`` bool [B], ``aus`` float [B, 17] (the AU target),
         ``donor_aus`` float [B, 17], ``expression`` int64 [B] and ``expression_valid`` bool [B] (the expression
-        target: the label, or the donor's real expression when known).
+        target: the label, or the donor's real expression when known). Draws are keyed per sample
+        (:meth:`_batch_keys`); the donor follows ``au_donor``.
         """
         images = batch["image"]
         size, device = images.shape[0], images.device
-        labels = torch.randint(0, NUM_EXPRESSIONS, (size,), device=device)
+        keys = self._batch_keys(batch)
+        labels = (self._uniform(keys, _DRAW_LABEL) * NUM_EXPRESSIONS).long().clamp_(max=NUM_EXPRESSIONS - 1)
         prototype_aus = self.expression_prototypes[labels]
+        donor_expression = None
         if batch.get("aus") is not None:
-            perm = torch.randperm(size, device=device)
-            donor_aus = batch["aus"].float()[perm]
-            use_label = torch.rand(size, device=device) < self.hparams.label_target_probability
+            mode = self.hparams.au_donor
+            if mode == "auto":
+                mode = "reference" if batch.get("reference_aus") is not None else "batch"
+            if mode == "reference":
+                if batch.get("reference_aus") is None:
+                    raise KeyError("au_donor='reference' needs 'reference_aus' in the batch (paired data, e.g. "
+                                   "SyntheticFacesDataModule(pairs=True)); use au_donor='batch' or 'auto'")
+                donor_aus = batch["reference_aus"].float()
+                ref_expression = batch.get("reference_expression")
+                donor_expression = ref_expression.long() if ref_expression is not None else None
+            else:
+                # A permutation of the local batch (argsort of keyed numbers: reproducible without RNG state).
+                perm = torch.argsort(self._uniform(keys, _DRAW_DONOR))
+                donor_aus = batch["aus"].float()[perm]
+                if batch.get("expression") is not None:
+                    donor_expression = batch["expression"].long()[perm]
+            use_label = self._uniform(keys, _DRAW_USE_LABEL) < self.hparams.label_target_probability
         else:
-            perm = torch.arange(size, device=device)
             donor_aus = prototype_aus
             use_label = torch.ones(size, dtype=torch.bool, device=device)
         aus = torch.where(use_label[:, None], prototype_aus, donor_aus)
-        if batch.get("expression") is not None:
-            expression = torch.where(use_label, labels, batch["expression"].long()[perm])
+        if donor_expression is not None:
+            expression = torch.where(use_label, labels, donor_expression)
             valid = torch.ones_like(use_label)
         else:
             expression, valid = labels, use_label
@@ -422,12 +492,16 @@ class JointModule(pl.LightningModule):
         return crop(images, boxes, self.discriminator.crop_size)
 
     def _d_adv_and_gp(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-                      real_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      real_scores: torch.Tensor, purpose: int = _DRAW_GP) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
         fake_scores = critic(fake)["adv"]
         adv = adversarial_d_loss(hp.adv_loss, real_scores, fake_scores)
-        gp = (gradient_penalty(critic, real, fake, weight=1.0) if hp.adv_loss == "wgan-gp" and hp.lambda_gp > 0
-              else real.new_zeros(()))
+        if hp.adv_loss == "wgan-gp" and hp.lambda_gp > 0:
+            # Per-sample interpolation weights keyed like the targets (None outside training_step: torch.rand).
+            alpha = self._uniform(self._step_keys, purpose) if self._step_keys is not None else None
+            gp = gradient_penalty(critic, real, fake, weight=1.0, alpha=alpha)
+        else:
+            gp = real.new_zeros(())
         return adv, gp
 
     def _discriminator_losses(self, batch: Mapping[str, Any], fakes: Sequence[torch.Tensor],
@@ -439,8 +513,8 @@ class JointModule(pl.LightningModule):
         d = self.discriminator
         real_out = d.global_d(images)
         adv, gp = zero, zero
-        for fake in fakes:
-            a, g = self._d_adv_and_gp(d.global_d, images, fake, real_out["adv"])
+        for fake_index, fake in enumerate(fakes):
+            a, g = self._d_adv_and_gp(d.global_d, images, fake, real_out["adv"], _DRAW_GP + fake_index)
             adv, gp = adv + a / len(fakes), gp + g / len(fakes)
         cls = (expression_classification_loss(real_out["expression"], batch["expression"])
                if batch.get("expression") is not None else zero)
@@ -455,8 +529,9 @@ class JointModule(pl.LightningModule):
                 critic = d.local_d[region]
                 real_region = real_crops[:, index]
                 out = critic(real_region)
-                for crops in fake_crops:
-                    a, g = self._d_adv_and_gp(critic, real_region, crops[:, index], out["adv"])
+                for fake_index, crops in enumerate(fake_crops):
+                    a, g = self._d_adv_and_gp(critic, real_region, crops[:, index], out["adv"],
+                                              _DRAW_GP + 10 * (index + 1) + fake_index)
                     local_adv = local_adv + a / (len(fakes) * len(self.region_names))
                     local_gp = local_gp + g / (len(fakes) * len(self.region_names))
                 if targets is not None:
@@ -597,6 +672,33 @@ class JointModule(pl.LightningModule):
             self._optimizer_names = ["discriminator"] + (["feature_classifier"] if self.uses_transfer else []) + ["generator"]
         return dict(zip(self._optimizer_names, opts))
 
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else distributed_world_size()
+
+    def _optimizer_step(self, optimizer: Any) -> None:
+        """Average this optimiser's gradients over DDP ranks (one collective), then step it.
+
+        DDP's reducer is off for this module (start of :meth:`training_step`), because the GAN schedule's several
+        backward passes per batch with toggled optimisers break its bookkeeping; see
+        :mod:`segexpr.modules.distributed`. Under a 16-mixed ``GradScaler`` the gradients are still scaled
+        here, which averaging does not mind; Lightning's ``optimizer.step()`` unscales and skips non-finite
+        steps on every rank alike (the averaged gradients are the same everywhere).
+        """
+        if self._world_size() > 1:
+            all_reduce_gradients(optimizer)
+        optimizer.step()
+
+    def configure_model(self) -> None:
+        """Compile the networks when ``compile`` is set (in place, so state-dict keys stay unchanged)."""
+        option = self.hparams.get("compile", False)
+        if not option or self._compiled:
+            return
+        backend = "inductor" if option is True else str(option)
+        for network in (self.generator, self.coder, self.discriminator, self.segmenter):
+            if network is not None:
+                network.compile(backend=backend)
+        self._compiled = True
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp = self.hparams
         self._check_batch(batch)
@@ -604,6 +706,13 @@ class JointModule(pl.LightningModule):
         images = batch["image"]
         batch_size = images.shape[0]
         opts = self._named_optimizers()
+        if self._world_size() > 1:
+            # Keep Lightning's DDP wrapper (initial broadcast, samplers) but never arm its reducer: Lightning
+            # re-enables require_backward_grad_sync after every training_step (_DDPForwardRedirection) and
+            # prepares the reducer in each manual_backward, which needs every parameter in every backward.
+            # Gradients are averaged per optimiser step in _optimizer_step instead (no find_unused_parameters).
+            disable_reducer(self.trainer.model)
+        self._step_keys = self._batch_keys(batch)
         targets = self._sample_manipulation_targets(batch) if "manipulate" in tasks else None
         logs: dict[str, torch.Tensor] = {}
 
@@ -626,7 +735,7 @@ class JointModule(pl.LightningModule):
         self._check_finite(d_losses, d_total, "discriminator")
         d_opt.zero_grad()
         self.manual_backward(d_total)
-        d_opt.step()
+        self._optimizer_step(d_opt)
         self.untoggle_optimizer(d_opt)
         logs.update({f"d_{k}": v.detach() for k, v in d_losses.items()})
         logs["d_loss"] = d_total.detach()
@@ -641,7 +750,7 @@ class JointModule(pl.LightningModule):
             self._check_finite({"feature_classifier": fc_loss}, fc_loss, "feature-classifier")
             fc_opt.zero_grad()
             self.manual_backward(hp.lambda_mcadv * fc_loss)
-            fc_opt.step()
+            self._optimizer_step(fc_opt)
             self.untoggle_optimizer(fc_opt)
             logs["fc_loss"] = fc_loss.detach()
 
@@ -672,13 +781,18 @@ class JointModule(pl.LightningModule):
             self._check_finite(g_losses, g_total, "generator")
             g_opt.zero_grad()
             self.manual_backward(g_total)
-            g_opt.step()
+            self._optimizer_step(g_opt)
             self.untoggle_optimizer(g_opt)
             if self.ema is not None:
                 self.ema.update({"generator": self.generator, "coder": self.coder})
             logs.update({k: v.detach() for k, v in {**g_losses, **diagnostic}.items()})
             logs["g_loss"] = g_total.detach()
 
+        self._step_keys = None
+        if self.segmenter_trainable and self._world_size() > 1:
+            # DDP broadcasts buffers from rank 0 before each forward while its reducer is armed; it is not
+            # (see segexpr.modules.distributed), so keep BatchNorm statistics identical here instead.
+            broadcast_buffers(self.segmenter)
         headline = {k: logs.pop(k) for k in ("d_loss", "g_loss") if k in logs}
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in headline.items()}, prog_bar=True, batch_size=batch_size)
@@ -720,9 +834,14 @@ class JointModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["segexpr_train_batches"] = self._train_batches
+        if self._key_generator is not None:
+            checkpoint["segexpr_key_generator"] = self._key_generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._train_batches = int(checkpoint.get("segexpr_train_batches", 0))
+        if "segexpr_key_generator" in checkpoint:
+            self._key_generator = torch.Generator()
+            self._key_generator.set_state(checkpoint["segexpr_key_generator"])
 
     def _log_samples(self, batch: Mapping[str, Any], tag: str) -> None:
         if self._trainer is None or not self.trainer.is_global_zero:

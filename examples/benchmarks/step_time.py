@@ -1,0 +1,181 @@
+"""Training iteration time of JointModule: global-only baseline vs the full hierarchical joint model.
+
+    python examples/benchmarks/step_time.py                         # CPU (GPU when available), fp32 + bf16
+    python examples/benchmarks/step_time.py --configs global landmarks full full-both --iters 3
+    python examples/benchmarks/step_time.py --device cuda --precisions fp32 bf16 fp16
+
+One *iteration* is what the GAN schedule does per batch on average: one discriminator step plus ``1/n_critic``
+of a generator step (``n_critic=5``, the default). The script trains through Lightning (``Trainer.fit``,
+manual optimisation, the real ``training_step``) with ``n_critic=2`` so that batches alternate D-only and
+D+G, times them (after ``--warmup`` untimed pairs), and reports
+
+    iteration = t(D) + (t(D+G) - t(D)) / n_critic
+
+together with the model FLOPs of one iteration (``torch.utils.flop_counter``'s formulas, see :class:`FlopCount`:
+forward, backward and the gradient penalty's double backward; convolutions, matmuls, attention) and the achieved GFLOP/s.
+
+Configurations (default widths, batch 16, 128 px, ``task="manipulate"`` unless noted):
+
+* ``global``: ``region_source="none"``, no segmenter, no local critics (the StarGAN/GANimation-sized baseline);
+* ``landmarks``: the hierarchical generator + local critics with landmark boxes (no segmenter);
+* ``full``: the paper's model: BiSeNet segmenter (trained jointly) + hierarchical generator + local critics;
+* ``full-both``: ``full`` with ``task="both"`` (manipulation and transfer losses every step).
+
+Precisions: ``fp32``, ``bf16`` (``bf16-mixed``: ``torch.autocast`` on CPU or CUDA), ``fp16`` (``16-mixed``
+with a GradScaler; CUDA only). Not a test: the numbers depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from segexpr.data.synthetic import SyntheticFaces
+from segexpr.modules.joint import JointModule
+
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+CONFIGS = ("global", "landmarks", "full", "full-both")
+
+
+def build(config: str, size: int) -> JointModule:
+    """A JointModule at default widths for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate)."""
+    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, discriminator={"image_size": size})
+    if config == "global":
+        return JointModule(segmenter=None, region_source="none", task="manipulate", **common)
+    if config == "landmarks":
+        return JointModule(segmenter=None, region_source="landmarks", task="manipulate", **common)
+    task = "both" if config == "full-both" else "manipulate"
+    return JointModule(segmenter={"arch": "bisenet"}, region_source="segmenter", task=task, **common)
+
+
+class FlopCount(TorchDispatchMode):
+    """Total FLOPs of the ops run inside, with ``torch.utils.flop_counter``'s formulas (``flop_registry``).
+
+    ``FlopCounterMode`` itself cannot be used here: its per-module attribution (``ModuleTracker``) installs
+    backward hooks that fail inside ``torch.autograd.grad`` ("A leaf node was passed to
+    _will_engine_execute_node"), which the WGAN-GP penalty calls. The totals are the same formulas without the
+    per-module breakdown.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+class _Timer(pl.Callback):
+    """Wall time of every training batch (synchronising CUDA), and optionally its FLOPs."""
+
+    def __init__(self, count_flops: bool) -> None:
+        self.times: list[float] = []
+        self.flops: list[int] = []
+        self.count_flops = count_flops
+        self._counter: FlopCount | None = None
+
+    @staticmethod
+    def _sync(pl_module: pl.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.count_flops:
+            self._counter = FlopCount()
+            self._counter.__enter__()
+        self._sync(pl_module)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._start)
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops.append(self._counter.total)
+            self._counter = None
+
+
+def _fit(module: JointModule, batch: dict, batches: int, precision: str, device: str, count_flops: bool) -> _Timer:
+    timer = _Timer(count_flops)
+    trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
+                         max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[timer])
+    trainer.fit(module, DataLoader([batch] * batches, batch_size=None))
+    return timer
+
+
+def measure(config: str, precision: str, batch: dict, size: int, device: str, warmup: int, iters: int,
+            n_critic: int) -> dict[str, float]:
+    """Time ``warmup + iters`` (D, D+G) batch pairs; FLOPs from one extra pair."""
+    torch.manual_seed(0)
+    module = build(config, size)
+    timer = _fit(module, batch, 2 * (warmup + iters), PRECISIONS[precision], device, count_flops=False)
+    times = timer.times[2 * warmup:]
+    t_d = statistics.median(times[0::2])     # batches 1, 3, ...: discriminator step only
+    t_dg = statistics.median(times[1::2])    # batches 2, 4, ...: discriminator + generator step
+    flops = _fit(build(config, size), batch, 2, PRECISIONS[precision], device, count_flops=True).flops
+    t_g = max(t_dg - t_d, 0.0)
+    iteration = t_d + t_g / n_critic
+    flops_iter = flops[0] + (flops[1] - flops[0]) / n_critic
+    return {"d_ms": t_d * 1e3, "g_ms": t_g * 1e3, "iter_ms": iteration * 1e3, "gflop_iter": flops_iter / 1e9,
+            "gflop_d": flops[0] / 1e9, "gflop_g": (flops[1] - flops[0]) / 1e9,
+            "gflops_per_s": flops_iter / 1e9 / iteration, "params_m": sum(p.numel() for p in module.parameters()
+                                                                          if p.requires_grad) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["global", "full"])
+    parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=["fp32", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--n-critic", type=int, default=5, help="D steps per G step the iteration assumes")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed (D, D+G) batch pairs")
+    parser.add_argument("--iters", type=int, default=2, help="timed (D, D+G) batch pairs (median)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if "fp16" in args.precisions and args.device == "cpu":
+        parser.error("fp16 (16-mixed) needs CUDA; Lightning maps it to bf16 on CPU")
+    dataset = SyntheticFaces(size=args.size, length=args.batch_size, seed=0, pairs=True,
+                             identities=max(2, args.batch_size // 2))
+    batch = next(iter(DataLoader(dataset, batch_size=args.batch_size)))
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# {device_name}; batch {args.batch_size}, {args.size} px, iteration = D + G/{args.n_critic}; "
+          f"warm-up {args.warmup}, median of {args.iters}")
+    header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
+              f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9}")
+    print(header)
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for precision in args.precisions:
+        for config in args.configs:
+            r = measure(config, precision, batch, args.size, args.device, args.warmup, args.iters, args.n_critic)
+            results[(config, precision)] = r
+            base = results.get(("global", precision))
+            ratio = f"{r['iter_ms'] / base['iter_ms']:.2f}x" if base else "-"
+            print(f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
+                  f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
+                  f"{r['gflops_per_s']:8.1f} {ratio:>9}", flush=True)
+    if "fp32" in args.precisions and "bf16" in args.precisions:
+        for config in args.configs:
+            print(f"# {config}: bf16 / fp32 iteration time = "
+                  f"{results[(config, 'bf16')]['iter_ms'] / results[(config, 'fp32')]['iter_ms']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

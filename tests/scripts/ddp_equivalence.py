@@ -1,0 +1,93 @@
+"""Train a tiny JointModule for a few batches on CPU, single-process or DDP (gloo), and save the weights.
+
+Run by ``tests/test_ddp.py`` as a subprocess (Lightning's DDP launcher re-runs this script once per extra
+rank)::
+
+    python tests/scripts/ddp_equivalence.py --devices 2 --batch-size 4 --out /tmp/ddp
+    python tests/scripts/ddp_equivalence.py --devices 1 --batch-size 8 --out /tmp/single
+
+Every rank writes ``<out>/rank<r>.pt`` with the module's initial and final state dicts, the optimiser states,
+the number of training batches and the ``sample_seed`` keys of every batch it trained on. The configuration uses only per-sample losses (``task="manipulate"``, UNet with GroupNorm,
+``lambda_seg=0``: OHEM's hardest-pixel selection is batch-dependent; donor AUs from the pair's reference), so
+2 ranks x batch B must train exactly like 1 process x batch 2B up to float summation order.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, when run from anywhere
+
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.strategies import DDPStrategy  # noqa: E402
+
+from segexpr.data.synthetic import SyntheticFacesDataModule  # noqa: E402
+from segexpr.modules.joint import JointModule  # noqa: E402
+
+SIZE = 32
+
+
+def build_module(**overrides) -> JointModule:
+    kwargs = dict(task="manipulate", region_source="segmenter", n_critic=2, lambda_seg=0.0, ema_decay=0.9,
+                  sample_every_n_steps=0, lr=1e-3)
+    kwargs.update(overrides)
+    return JointModule(
+        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2, "norm": "group"}},
+        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
+                                        "local_n_res": 1, "crop_size": 16},
+                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
+        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
+                                                                    "local_channels": 8, "local_n_layers": 2,
+                                                                    "feature_hidden": 16}},
+        **kwargs)
+
+
+class RecordKeys(pl.Callback):
+    """Remember the per-sample keys of every training batch (to check the global batches match)."""
+
+    def __init__(self) -> None:
+        self.keys: list[list[int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.keys.append(batch["sample_seed"].tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, required=True, help="per-rank batch size")
+    parser.add_argument("--batches", type=int, default=4, help="training batches per rank")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    module = build_module()
+    initial = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    data = SyntheticFacesDataModule(size=SIZE, train_length=args.batches * args.batch_size * args.devices,
+                                    val_length=4, test_length=4, pairs=True, augment=False, identities=4,
+                                    batch_size=args.batch_size, seed=3)
+    strategy = (DDPStrategy(process_group_backend="gloo", find_unused_parameters=False) if args.devices > 1
+                else "auto")
+    recorder = RecordKeys()
+    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=1, callbacks=[recorder],
+                         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {k: v.detach().clone() for k, v in module.state_dict().items()},
+                "initial_state_dict": initial,
+                "optimizers": [opt.state_dict() for opt in trainer.optimizers],
+                "train_batches": module._train_batches,
+                "world_size": trainer.world_size,
+                "batch_keys": recorder.keys,
+                "reducer_off": not getattr(trainer.model, "require_backward_grad_sync", False)},
+               args.out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()
