@@ -21,6 +21,7 @@ from segexpr.evaluate import (
 )
 from segexpr.modules.discriminator import AUDiscriminatorModule
 from segexpr.modules.joint import JointModule
+from tiny import tiny_joint_module
 
 SIZE = 32
 EDIT_KEYS = {"edit_psnr", "edit_ssim", "edit_l1", "edit_unwanted_change", "transfer_psnr", "transfer_ssim",
@@ -32,16 +33,7 @@ JUDGED_KEYS = {"edit_expression_accuracy", "edit_au_mae", "transfer_expression_a
 
 
 def tiny_joint(task: str = "both", region_source: str = "segmenter") -> JointModule:
-    return JointModule(
-        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}}
-        if region_source == "segmenter" else None,
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                    "local_channels": 8, "local_n_layers": 2,
-                                                                    "feature_hidden": 16}},
-        task=task, region_source=region_source, n_critic=1, sample_every_n_steps=0)
+    return tiny_joint_module(SIZE, segmenter=region_source == "segmenter", task=task, region_source=region_source)
 
 
 @pytest.fixture(scope="module", autouse=True)

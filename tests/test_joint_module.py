@@ -15,22 +15,13 @@ from segexpr.losses.gan import adversarial_g_loss
 from segexpr.models.generators import ExpressionCoder
 from segexpr.modules.generator import GeneratorModule, image_code_loss
 from segexpr.modules.joint import JointModule, sample_grid, sample_grid_columns
+from tiny import tiny_joint_module
 
 SIZE = 32
 
 
 def tiny_module(task="both", region_source="segmenter", joint=True, segmenter=True, **kwargs) -> JointModule:
-    kwargs.setdefault("n_critic", 1)
-    kwargs.setdefault("sample_every_n_steps", 0)
-    return JointModule(
-        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}} if segmenter else None,
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                    "local_channels": 8, "local_n_layers": 2,
-                                                                    "feature_hidden": 16}},
-        task=task, region_source=region_source, joint=joint, **kwargs)
+    return tiny_joint_module(SIZE, segmenter=segmenter, task=task, region_source=region_source, joint=joint, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -319,3 +310,28 @@ trainer:
     assert module.hparams.n_critic == 2 and module.segmenter_trainable
     assert module.hparams.segmenter["class_path"].endswith("SegmenterModule")
     assert module.generator.region_source == "segmenter" and module.image_size == SIZE
+
+
+def test_combined_expression_and_parsing_data(tmp_path):
+    """AffectNet-style GAN batches plus CelebAMask-HQ-style mask batches (each in its real layout): the GAN
+    trains on the first, the segmentation loss on the second; validate and test log parsing mIoU."""
+    from segexpr.data import AffectNetDataModule, CelebAMaskHQDataModule, CombinedDataModule
+    from segexpr.data.export import export_synthetic
+
+    export_synthetic("affectnet", tmp_path / "affectnet", 12, 64, seed=0)
+    export_synthetic("celebamask-hq", tmp_path / "cmhq", 8, 64, seed=0)
+    data = CombinedDataModule(
+        expression=AffectNetDataModule(str(tmp_path / "affectnet"), image_size=SIZE, batch_size=2, augment=False),
+        parsing=CelebAMaskHQDataModule(str(tmp_path / "cmhq"), image_size=SIZE, batch_size=2, augment=False,
+                                       cache_dir=str(tmp_path / "cache")))
+    module = tiny_module(task="manipulate")
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    before = [p.detach().clone() for p in module.segmenter.parameters()]
+    trainer.fit(module, datamodule=data)
+    assert torch.isfinite(trainer.callback_metrics["train/seg_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.segmenter.parameters()))
+    assert "val/parsing_miou" in trainer.callback_metrics
+    results = trainer.test(module, datamodule=data, verbose=False)[0]
+    assert {"test/recon_l1", "test/d_acc_edit", "test/parsing_miou"} <= set(results)

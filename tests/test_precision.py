@@ -13,22 +13,13 @@ from torch.utils.data import DataLoader
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.losses.gan import gradient_penalty
 from segexpr.modules.joint import JointModule
+from tiny import tiny_joint_module
 
 SIZE = 32
 
 
 def tiny(**kwargs) -> JointModule:
-    kwargs.setdefault("n_critic", 1)
-    kwargs.setdefault("sample_every_n_steps", 0)
-    kwargs.setdefault("segmenter", {"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}})
-    return JointModule(
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                    "local_channels": 8, "local_n_layers": 2,
-                                                                    "feature_hidden": 16}},
-        **kwargs)
+    return tiny_joint_module(SIZE, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +87,7 @@ def test_gradient_penalty_is_float32_under_autocast(dtype):
 
 
 def test_non_finite_loss_names_the_step_and_the_loss(batches):
-    module = tiny(task="manipulate", region_source="none", segmenter=None)
+    module = tiny(task="manipulate", region_source="none", segmenter=False)
     poisoned = [dict(b) for b in batches]
     poisoned[1]["image"] = poisoned[1]["image"].clone()
     poisoned[1]["image"][0, 0, 0, 0] = float("nan")

@@ -32,17 +32,11 @@ def test_readme_python_example_runs(tmp_path):
     import pytorch_lightning as pl
     import torch
 
-    from segexpr.data import SyntheticFacesDataModule
-    from segexpr.modules import JointModule
+    from tiny import tiny_joint_module
 
-    module = JointModule(
-        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}},
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": 64, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                   "local_channels": 8}},
-        adv_loss="hinge", n_critic=1, sample_every_n_steps=0)
+    from segexpr.data import SyntheticFacesDataModule
+
+    module = tiny_joint_module(64, adv_loss="hinge")
     data = SyntheticFacesDataModule(size=64, train_length=40, val_length=20, test_length=20, pairs=True,
                                     augment=False, batch_size=4)
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, limit_val_batches=0,

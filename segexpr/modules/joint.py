@@ -132,6 +132,16 @@ def _as_index_tensor(expression: int | str | torch.Tensor, batch: int, device: t
     return labels
 
 
+def _split_combined(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """``(gan_batch, parsing_batch)``: a ``CombinedDataModule`` batch is ``{"gan": ..., "parsing": ...}``."""
+    if "gan" in batch and "parsing" in batch:
+        parsing = batch["parsing"]
+        if parsing is not None and parsing.get("mask") is None:
+            raise KeyError(f"the 'parsing' half of a combined batch needs 'mask', got keys {sorted(parsing)}")
+        return batch["gan"], parsing
+    return batch, None
+
+
 # ------------------------------------------------------------------------------------------------ the module
 class JointModule(pl.LightningModule):
     """Segmentation-conditioned hierarchical GAN with multi-class AU discriminators and code swapping.
@@ -701,6 +711,7 @@ class JointModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp = self.hparams
+        batch, parsing = _split_combined(batch)
         self._check_batch(batch)
         tasks = self._tasks_for(batch)
         images = batch["image"]
@@ -774,9 +785,15 @@ class JointModule(pl.LightningModule):
             if batch.get("aus") is not None or batch.get("expression") is not None:
                 g_losses["image_code"] = image_code_loss(self.coder, code_source, batch, hp.au_loss)
                 g_total = g_total + hp.lambda_code * g_losses["image_code"]
-            if self.segmenter_trainable and batch.get("mask") is not None and hp.lambda_seg > 0:
-                g_losses["seg_loss"] = ohem_cross_entropy(logits, batch["mask"].long(), **self._seg_loss_args)
-                g_total = g_total + hp.lambda_seg * g_losses["seg_loss"]
+            if self.segmenter_trainable and hp.lambda_seg > 0:
+                # Mask supervision from the parsing batch of a CombinedDataModule, else from the GAN batch.
+                if parsing is not None:
+                    seg_logits, seg_mask = self.segmenter(parsing["image"]), parsing["mask"]
+                else:
+                    seg_logits, seg_mask = logits, batch.get("mask")
+                if seg_mask is not None:
+                    g_losses["seg_loss"] = ohem_cross_entropy(seg_logits, seg_mask.long(), **self._seg_loss_args)
+                    g_total = g_total + hp.lambda_seg * g_losses["seg_loss"]
             diagnostic = {k: g_losses.pop(k) for k in ("transfer_l1_gt",) if k in g_losses}
             self._check_finite(g_losses, g_total, "generator")
             g_opt.zero_grad()
@@ -800,37 +817,52 @@ class JointModule(pl.LightningModule):
             self._log_samples(batch, "train/samples")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, batch_idx, "test")
+
+    def _evaluation_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        batch, parsing = _split_combined(batch)
         images = batch["image"]
         batch_size = images.shape[0]
         generator, coder = self._eval_networks()
         region_kwargs, logits = self._region_inputs(images, batch.get("landmarks"), with_grad=False)
         reconstruction = generator(images, coder.from_image(images), **region_kwargs).image
         self.val_recon_l1.update((reconstruction - images).abs().mean(dim=(1, 2, 3)))
-        self.log("val/recon_l1", self.val_recon_l1, prog_bar=True, batch_size=batch_size)
+        self.log(f"{stage}/recon_l1", self.val_recon_l1, prog_bar=True, batch_size=batch_size)
         # Expression accuracy of edits as judged by the GAN's *own* discriminator: a training diagnostic, not
         # an independent evaluation (use segexpr.metrics.ExpressionEditMetrics with a separate recogniser).
         targets = (torch.arange(batch_size, device=images.device) + batch_idx) % NUM_EXPRESSIONS
         edited = generator(images, coder.from_label(targets), **region_kwargs).image
         self.val_d_acc_edit(self.discriminator.global_d(edited)["expression"], targets)
-        self.log("val/d_acc_edit", self.val_d_acc_edit, batch_size=batch_size)
+        self.log(f"{stage}/d_acc_edit", self.val_d_acc_edit, batch_size=batch_size)
         if self.uses_transfer and batch.get("reference_image") is not None and batch.get("transfer_target") is not None:
             swapped = generator(images, coder.from_image(batch["reference_image"]), **region_kwargs).image
             self.val_transfer_l1_gt.update((swapped - batch["transfer_target"]).abs().mean(dim=(1, 2, 3)))
-            self.log("val/transfer_l1_gt", self.val_transfer_l1_gt, batch_size=batch_size)
-        if logits is not None and batch.get("mask") is not None:
+            self.log(f"{stage}/transfer_l1_gt", self.val_transfer_l1_gt, batch_size=batch_size)
+        if parsing is not None and self.segmenter is not None:
+            self.val_parsing.update(self._segment(parsing["image"], with_grad=False), parsing["mask"].long())
+        elif logits is not None and batch.get("mask") is not None:
             self.val_parsing.update(logits, batch["mask"].long())
-        if batch_idx == 0 and not self.trainer.sanity_checking:
+        if stage == "val" and batch_idx == 0 and not self.trainer.sanity_checking:
             self._val_grid_batch = {k: v[: self.hparams.num_samples] for k, v in batch.items()
                                     if isinstance(v, torch.Tensor)}
 
     def on_validation_epoch_end(self) -> None:
-        if int(self.val_parsing.confmat.sum()) > 0 or self.trainer.world_size > 1:
-            if self.segmenter is not None and self.hparams.region_source == "segmenter":
-                self.log("val/parsing_miou", self.val_parsing.compute()["miou"])
-        self.val_parsing.reset()
+        self._log_parsing("val")
         if self._val_grid_batch is not None:
             self._log_samples(self._val_grid_batch, "val/samples")
             self._val_grid_batch = None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_parsing("test")
+
+    def _log_parsing(self, stage: str) -> None:
+        if int(self.val_parsing.confmat.sum()) > 0 or self.trainer.world_size > 1:
+            if self.segmenter is not None and self.hparams.region_source == "segmenter":
+                self.log(f"{stage}/parsing_miou", self.val_parsing.compute()["miou"])
+        self.val_parsing.reset()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["segexpr_train_batches"] = self._train_batches

@@ -27,6 +27,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint  # noqa: E402
 from segexpr.data.synthetic import SyntheticFacesDataModule  # noqa: E402
 from segexpr.modules.joint import JointModule  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/tiny.py
+from tiny import tiny_joint_module  # noqa: E402
+
 SIZE = 32
 KILL_AFTER_BATCH = 5  # 1-based count of training batches after which the "kill" run dies
 EVERY_N_STEPS = 5     # optimiser steps: 2 per batch (D + feature classifier) + 1 every 2nd batch (G)
@@ -49,15 +52,7 @@ class Recorder(pl.Callback):
 
 def build() -> tuple[JointModule, SyntheticFacesDataModule]:
     pl.seed_everything(0, verbose=False)
-    module = JointModule(
-        segmenter={"arch": "unet", "segmenter_kwargs": {"base_channels": 8, "depth": 2}},
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                    "local_channels": 8, "local_n_layers": 2,
-                                                                    "feature_hidden": 16}},
-        task="both", n_critic=2, ema_decay=0.9, lr=1e-3, sample_every_n_steps=0)
+    module = tiny_joint_module(SIZE, task="both", n_critic=2, ema_decay=0.9, lr=1e-3)
     data = SyntheticFacesDataModule(size=SIZE, train_length=12, val_length=4, test_length=4, pairs=True,
                                     augment=True, identities=4, batch_size=4, seed=5)
     return module, data
