@@ -217,3 +217,14 @@ def test_bad_inputs_raise(call, match):
 def test_index_out_of_range():
     with pytest.raises(IndexError):
         SyntheticFaces(16, 3)[3]
+
+
+def test_small_paired_sets_default_to_two_identities():
+    from segexpr.data.synthetic import SyntheticFaces
+
+    faces = SyntheticFaces(size=32, length=4, pairs=True, split="val")
+    assert faces.identities == 2
+    item = faces[0]
+    assert int(item["identity"]) != int(item["reference_identity"])
+    with pytest.raises(ValueError, match="at least 2 identities"):
+        SyntheticFaces(size=32, length=4, pairs=True, identities=1)

@@ -755,7 +755,7 @@ class SyntheticFaces(Dataset):
             raise ValueError(f"length must be a positive integer, got {length!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        pool = max(1, int(length) // 10) if identities is None else identities
+        pool = max(2 if pairs else 1, int(length) // 10) if identities is None else identities
         if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or not 1 <= pool < _MAX_POOL:
             raise ValueError(f"identities must be an integer in [1, {_MAX_POOL}), got {identities!r}")
         if pairs and pool < 2:
