@@ -327,7 +327,7 @@ def test_combined_expression_and_parsing_data(tmp_path):
     module = tiny_module(task="manipulate")
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu")
+                         enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path)
     before = [p.detach().clone() for p in module.segmenter.parameters()]
     trainer.fit(module, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["train/seg_loss"])
