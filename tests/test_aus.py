@@ -110,3 +110,16 @@ def test_datamodule_with_aus(rafd_ganimation):
     b = next(iter(dm.train_dataloader()))
     assert b["aus"].shape == (4, 17) and b["aus"].dtype == torch.float32
     assert float(b["aus"].min()) >= 0 and float(b["aus"].max()) <= 1
+
+
+def test_datamodule_reads_an_au_source_once_for_all_splits(rafd_openface, monkeypatch):
+    import segexpr.data.aus as aus_module
+
+    calls = []
+    real_load = aus_module.load_aus
+    monkeypatch.setattr(aus_module, "load_aus", lambda source: calls.append(source) or real_load(source))
+    dm = RaFDDataModule(str(rafd_openface), image_size=32, batch_size=2, aus=str(rafd_openface / "openface"),
+                        val_fraction=0.34, test_fraction=0.34)
+    dm.setup(None)  # train, val and test
+    assert len(calls) == 1
+    assert all(dm.dataset(split)[0]["aus"].shape == (17,) for split in ("train", "val", "test"))

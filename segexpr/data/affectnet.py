@@ -487,10 +487,7 @@ class AffectNetDataModule(FaceDataModule):
                        transform=build_transforms(self.image_size, train=split == "train" and self.augment),
                        classes=self.classes, crop=self.crop, margin=self.margin, release=self.release,
                        skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)
-        if self.aus is None:
-            return ds
-        from .aus import AUAnnotated, load_aus
-        return AUAnnotated(ds, load_aus(self.aus), skip_invalid=self.skip_invalid)
+        return self.attach_aus(ds, self.aus, self.skip_invalid)
 
     def train_sampler(self) -> EpochSampler | None:
         """Class-balanced draws with ``balanced=True`` (AffectNet is very imbalanced); else the default shuffle."""

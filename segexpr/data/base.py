@@ -27,6 +27,7 @@ Determinism and distribution:
 """
 from __future__ import annotations
 
+import os
 import zlib
 from functools import partial
 from typing import Any, Callable, Iterator, Sequence
@@ -229,6 +230,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.seed = seed
         self.image_size = image_size
         self.datasets: dict[str, Dataset] = {}
+        self._au_tables: dict[str, dict] = {}
         if type(self) is FaceDataModule:
             self.save_hyperparameters()
 
@@ -253,6 +255,23 @@ class FaceDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown stage {stage!r}; expected one of {[s for s in _STAGE_SPLITS if s]} or None")
         for split in _STAGE_SPLITS[stage]:
             self.dataset(split)
+
+    def attach_aus(self, dataset: Dataset, aus: Any, skip_invalid: bool) -> Dataset:
+        """Wrap ``dataset`` in :class:`~segexpr.data.aus.AUAnnotated` when ``aus`` (an OpenFace CSV folder, a
+        GANimation pickle or an ``{id: vector}`` mapping) is given. A file source is read once per DataModule,
+        not once per split: an OpenFace folder for AffectNet holds one CSV per image."""
+        if aus is None:
+            return dataset
+        from segexpr.data.aus import AUAnnotated, load_aus
+
+        if isinstance(aus, (str, os.PathLike)):
+            key = os.fspath(aus)
+            if key not in self._au_tables:
+                self._au_tables[key] = load_aus(aus)
+            table = self._au_tables[key]
+        else:
+            table = load_aus(aus)
+        return AUAnnotated(dataset, table, skip_invalid=skip_invalid)
 
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, built on first use and cached."""

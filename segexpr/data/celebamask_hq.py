@@ -437,12 +437,4 @@ class CelebAMaskHQDataModule(FaceDataModule):
             self.root, split=split, transform=build_transforms(self.image_size, train=split == "train" and self.augment),
             label_order=self.label_order, list_file=self.list_file, cache_dir=self.cache_dir,
             skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)
-        return attach_aus(ds, self.aus, self.skip_invalid)
-
-
-def attach_aus(dataset: torch.utils.data.Dataset, aus: Any, skip_invalid: bool) -> torch.utils.data.Dataset:
-    """Wrap ``dataset`` in :class:`~segexpr.data.aus.AUAnnotated` when ``aus`` is given."""
-    if aus is None:
-        return dataset
-    from .aus import AUAnnotated, load_aus
-    return AUAnnotated(dataset, load_aus(aus), skip_invalid=skip_invalid)
+        return self.attach_aus(ds, self.aus, self.skip_invalid)

@@ -329,7 +329,4 @@ class RaFDDataModule(FaceDataModule):
                   angles=self.angles, gazes=self.gazes, val_fraction=self.val_fraction,
                   test_fraction=self.test_fraction, split_seed=self.seed, crop=self.crop,
                   skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)
-        if self.aus is None:
-            return ds
-        from .aus import AUAnnotated, load_aus
-        return AUAnnotated(ds, load_aus(self.aus), skip_invalid=self.skip_invalid)
+        return self.attach_aus(ds, self.aus, self.skip_invalid)
