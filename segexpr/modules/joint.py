@@ -109,9 +109,8 @@ def _spec(module: nn.Module | None) -> dict[str, Any] | None:
     if module is None or not isinstance(module, pl.LightningModule):
         return None
     cls = type(module)
-    # LightningCLI stamps "_class_path"/"_instantiator" into hparams; they are not constructor arguments.
-    init_args = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+    # The parts record exactly their constructor arguments (segexpr.modules.hparams.constructor_arguments).
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(module.hparams)}
 
 
 def _as_index_tensor(expression: int | str | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
