@@ -43,3 +43,17 @@ def test_ablation_tiny_end_to_end(tmp_path):
         assert png.is_file() and png.stat().st_size > 1000 and png.parent == out.parent
     assert f"]({result['plot'].name})" in text
     assert (tmp_path / "work" / "joint.ckpt").is_file() and (tmp_path / "work" / "recognizer.ckpt").is_file()
+
+
+def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
+    """--lambda-paired gives manipulate-only variants the paired view (edit targets) and the weight."""
+    ablation = load_script()
+    out = tmp_path / "results.md"
+    result = ablation.main(["--tiny", "--variants", "global", "joint", "--lambda-paired", "5", "--lambda-seg", "3",
+                            "--adv-loss", "hinge", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    assert set(result["rows"]) == {"global", "joint"}
+    text = out.read_text()
+    assert "`lambda_paired=5`" in text and "`adv_loss=hinge`" in text and "`lambda_seg=3`" in text
+    from segexpr.modules.joint import JointModule
+    module = JointModule.load_from_checkpoint(tmp_path / "work" / "joint.ckpt")
+    assert module.hparams.lambda_paired == 5 and module.hparams.lambda_seg == 3 and module.hparams.adv_loss == "hinge"

@@ -189,6 +189,8 @@ def test_training_steps_checkpoint_roundtrip(pair_batches, tmp_path, task, regio
         assert 0 <= val["val/parsing_miou"] <= 1
     if task != "manipulate":
         assert math.isfinite(val["val/transfer_l1_gt"])
+    if task != "transfer":
+        assert math.isfinite(val["val/edit_l1_gt"])
     assert list((tmp_path / "samples").glob("val_samples_step*.png")), "no sample grid written"
 
     path = tmp_path / "joint.ckpt"
@@ -199,6 +201,83 @@ def test_training_steps_checkpoint_roundtrip(pair_batches, tmp_path, task, regio
                        restored.edit(images, expression=3, landmarks=landmarks))
     assert restored._train_batches == module._train_batches
     assert torch.equal(restored.ema.averaged.n_averaged, module.ema.averaged.n_averaged)
+
+
+def test_paired_edit_targets_come_from_the_data(pair_batches):
+    """SynthFACS pairs set the label targets (edit_expression) and their answers: the label's render for label
+    edits, the reference-AU render (transfer_target) for AU edits whose donor is the reference."""
+    batch = pair_batches[0]
+    module = tiny_module(task="manipulate", region_source="none", segmenter=False, label_target_probability=0.5)
+    targets = module._sample_manipulation_targets(batch)
+    assert torch.equal(targets["labels"], batch["edit_expression"])
+    use_label = targets["use_label"]
+    assert 0 < int(use_label.sum()) < len(use_label), "draws should mix labels and AU donors in this batch"
+    assert targets["truth_valid"].all()
+    assert torch.equal(targets["truth"][use_label], batch["edit_target"][use_label])
+    assert torch.equal(targets["truth"][~use_label], batch["transfer_target"][~use_label])
+    # AU donors drawn from the batch itself have no rendered answer: only label edits are paired.
+    module = tiny_module(task="manipulate", region_source="none", segmenter=False, au_donor="batch",
+                         label_target_probability=0.5)
+    targets = module._sample_manipulation_targets(batch)
+    assert torch.equal(targets["truth_valid"], targets["use_label"])
+    bad = {**batch, "edit_expression": torch.full_like(batch["edit_expression"], 8)}
+    with pytest.raises(ValueError, match=r"edit_expression.*labels in \[0, 8\)"):
+        module._sample_manipulation_targets(bad)
+
+
+def test_paired_edit_loss_adds_the_weighted_ground_truth_l1(pair_batches):
+    """lambda_paired adds exactly lambda * L1(edit, ground truth) to the generator's manipulate loss; at 0 (the
+    papers' unpaired setting) the L1 is only logged. Training logs both accordingly."""
+    batch = pair_batches[0]
+    totals, outs = {}, {}
+    for weight in (0.0, 50.0):
+        torch.manual_seed(0)
+        module = tiny_module(task="manipulate", region_source="none", segmenter=False, lambda_paired=weight)
+        targets = module._sample_manipulation_targets(batch)
+        region_kwargs, _ = module._region_inputs(batch["image"], None, with_grad=False)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            outs[weight], totals[weight] = module._manipulate_g_losses(
+                batch, targets, region_kwargs, module.coder.from_image(batch["image"]))
+    assert "manipulate/paired_l1" not in outs[0.0] and "manipulate/paired_l1" in outs[50.0]
+    paired = outs[50.0]["manipulate/paired_l1"]
+    assert torch.allclose(outs[0.0]["edit_l1_gt"], paired)
+    assert 0.01 < float(paired) < 2
+    assert torch.allclose(totals[50.0] - totals[0.0], 50.0 * paired, rtol=1e-4, atol=1e-5)
+
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, loader([batch]))
+    assert {"train/edit_l1_gt", "train/manipulate/paired_l1"} <= set(trainer.callback_metrics)
+
+
+def test_segmenter_warmup_trains_only_the_segmenter(pair_batches):
+    module = tiny_module(task="both", segmenter_warmup_steps=2, ema_decay=None)
+    parts = {"segmenter": module.segmenter, "generator": module.generator, "coder": module.coder,
+             "discriminator": module.discriminator}
+    before = {name: _snapshot(part) for name, part in parts.items()}
+    trainer = pl.Trainer(max_steps=2 * 3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, loader(pair_batches))  # two batches: warm-up only (one generator-optimiser step each)
+    assert module._train_batches == 2 and "train/warmup_seg_loss" in trainer.callback_metrics
+    assert _changed(module.segmenter, before["segmenter"])
+    for name in ("generator", "coder", "discriminator"):
+        assert not _changed(parts[name], before[name]), f"{name} changed during the segmenter warm-up"
+    trainer = pl.Trainer(max_steps=2 * 3 + 3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, loader(pair_batches[:1]))  # third batch: the GAN schedule starts
+    assert _changed(module.generator, before["generator"]) and _changed(module.discriminator, before["discriminator"])
+
+
+def test_segmenter_warmup_needs_masks(pair_batches):
+    with pytest.raises(ValueError, match="segmenter_warmup_steps must be an integer >= 0"):
+        tiny_module(segmenter_warmup_steps=-1)
+    module = tiny_module(task="both", segmenter_warmup_steps=1)
+    batch = {k: v for k, v in pair_batches[0].items() if k != "mask"}
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(KeyError, match="segmenter_warmup_steps > 0 needs batches with 'mask'"):
+        trainer.fit(module, loader([batch]))
 
 
 def test_n_critic_schedules_generator_steps(pair_batches):

@@ -194,6 +194,15 @@ def test_pairs():
         assert key in item
     expected = render(int(item["identity"]), item["reference_aus"].numpy(), 32)["image"]
     assert torch.equal(item["transfer_target"], torch.from_numpy(expected).permute(2, 0, 1).float() / 127.5 - 1)
+    # the label edit and its answer: the source identity with the label's prototype at full intensity
+    edit = int(item["edit_expression"])
+    assert 0 <= edit < 8
+    expected = render(int(item["identity"]), expression_prototype(edit), 32)["image"]
+    assert torch.equal(item["edit_target"], torch.from_numpy(expected).permute(2, 0, 1).float() / 127.5 - 1)
+    assert len({int(data[i]["edit_expression"]) for i in range(10)}) > 1
+    # the source fields do not depend on pairs (paired draws come after them)
+    plain = SyntheticFaces(size=32, length=10, identities=5, pairs=False)[3]
+    assert torch.equal(plain["image"], item["image"]) and int(plain["expression"]) == int(item["expression"])
 
 
 @pytest.mark.parametrize("call, match", [

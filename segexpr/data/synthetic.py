@@ -725,7 +725,10 @@ class SyntheticFaces(Dataset):
     * expression uniform over the 8 classes (i.i.d. per item), AUs = prototype * U(0.6, 1.0) per AU plus
       U(0, 0.15) on two AUs the prototype leaves at 0, clipped to [0, 1]; ``expression`` is the drawn class;
     * ``pairs=True`` adds the ``reference_*`` fields of a different identity of the pool with its own
-      expression, and ``transfer_target`` = ``render(identity, reference AUs)["image"]``.
+      expression, ``transfer_target`` = ``render(identity, reference AUs)["image"]``, and a label edit with
+      its answer: ``edit_expression`` (uniform over the 8 classes) and ``edit_target`` =
+      ``render(identity, expression_prototype(edit_expression))["image"]`` (the prototype at full intensity:
+      what ``JointModule.edit(image, expression=edit_expression)`` should produce).
 
     With ``transform=None`` items are batch-contract tensors at ``size``: ``image`` float32 [3, S, S] in [-1, 1],
     ``mask`` int64 [S, S], ``landmarks`` float32 [68, 2], ``aus`` float32 [17], ``expression``/``identity``
@@ -739,7 +742,7 @@ class SyntheticFaces(Dataset):
         seed: base seed of expressions, AU jitter, pairing and augmentation.
         split: "train", "val", "test" or "predict".
         identities: identity pool size (default ``max(1, length // 10)``; at least 2 with ``pairs``).
-        pairs: add a reference and the transfer ground truth.
+        pairs: add a reference, the transfer ground truth, and an edit label with its ground truth.
         transform: optional :class:`FaceTransform` (or any callable ``(sample, seed=...) -> dict``).
     """
 
@@ -794,6 +797,10 @@ class SyntheticFaces(Dataset):
             for key in ("image", "mask", "aus", "expression", "identity", "landmarks"):
                 sample[f"reference_{key}"] = reference[key]
             sample["transfer_target"] = render(identity, reference["aus"], self.size)["image"]
+            # Drawn after everything above, so adding it left the other fields of every item unchanged.
+            edit_expression = int(rng.integers(NUM_EXPRESSIONS))
+            sample["edit_expression"] = edit_expression
+            sample["edit_target"] = render(identity, _PROTOTYPES[edit_expression], self.size)["image"]
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -813,7 +820,7 @@ class SyntheticFacesDataModule(FaceDataModule):
         size: render side; ``image_size`` (default: ``size``) is what the loaders yield.
         train_length, val_length, test_length: items per split (predict uses the test length).
         seed: base seed (items, shuffling, augmentation).
-        pairs: yield paired items (``reference_*`` and ``transfer_target``).
+        pairs: yield paired items (``reference_*``, ``transfer_target``, ``edit_expression``, ``edit_target``).
         augment: train split uses ``build_transforms(image_size, train=True)``; val/test/predict use the eval
             transform (resize only), or none when ``size == image_size``.
         identities: identity pool size per split (default ``length // 10`` of each split).

@@ -30,7 +30,7 @@ from segexpr.data.labels import FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
 __all__ = ["FaceHorizontalFlip", "FaceTransform", "build_transforms", "derive_seed", "to_batch_tensors"]
 
 #: Keys that hold RGB images rendered with the same geometry as ``image`` (they get the same augmentation).
-ALIGNED_IMAGE_KEYS: tuple[str, ...] = ("transfer_target",)
+ALIGNED_IMAGE_KEYS: tuple[str, ...] = ("transfer_target", "edit_target")
 #: Prefix of the keys of a paired sample's reference; the reference gets its own augmentation.
 REFERENCE_PREFIX = "reference_"
 
@@ -105,7 +105,7 @@ def _image_to_tensor(image: np.ndarray) -> torch.Tensor:
 def to_batch_tensors(sample: Mapping[str, Any]) -> dict[str, Any]:
     """Convert an (already sized) numpy sample to batch-contract tensors without any resampling.
 
-    Image-like keys (``image``, ``transfer_target``, ``reference_image``: uint8 [H, W, 3]) become float32
+    Image-like keys (``image``, ``transfer_target``, ``edit_target``, ``reference_image``: uint8 [H, W, 3]) become float32
     [3, H, W] in [-1, 1]; ``*mask`` keys become int64 [H, W]; ``*landmarks`` float32 [68, 2]; other numbers
     and numpy arrays become tensors (see module docstring); other values pass through.
     """
@@ -148,7 +148,8 @@ class FaceTransform:
 
     * ``sample["image"]``: uint8 ``[H, W, 3]`` RGB (required); ``sample["mask"]``: int ``[H, W]`` order A;
       ``sample["landmarks"]``: float ``[68, 2]`` continuous (x, y) pixel coordinates.
-    * ``sample["transfer_target"]`` (uint8 ``[H, W, 3]``) gets exactly the same augmentation as ``image``.
+    * ``sample["transfer_target"]`` and ``sample["edit_target"]`` (uint8 ``[H, W, 3]``, ground-truth renders of
+      the same face) get exactly the same augmentation as ``image``.
     * keys prefixed ``reference_`` (a paired sample's reference) are transformed as a sample of their own
       with a seed derived from ``seed``.
     * any other key is passed through (numbers/numpy arrays converted to tensors).

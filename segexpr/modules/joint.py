@@ -170,9 +170,11 @@ class JointModule(pl.LightningModule):
         lambda_gp, lambda_cls, lambda_au, lambda_cyc, lambda_rec, lambda_swap, lambda_attn_mean,
         lambda_attn_tv, lambda_seg, lambda_mcadv, lambda_local, lambda_code: loss weights (see
             ``docs/training.md``). ``lambda_code`` weighs the code-readout supervision of the coder.
-        lambda_paired: weight of an L1 loss between the transfer and ``batch["transfer_target"]`` when the data
-            has one (SynthFACS pairs know the exact answer). ``0`` (default) keeps training unpaired, as in the
-            papers; a positive weight is a SynthFACS-only training aid that makes short CPU runs visibly learn.
+        lambda_paired: weight of L1 losses against ground truth where the data has it (SynthFACS pairs know the
+            exact answer): the transfer vs ``batch["transfer_target"]``; label edits vs ``batch["edit_target"]``
+            (the batch's ``edit_expression`` is then the label target); AU edits whose donor is the reference vs
+            ``transfer_target`` (same identity, reference AUs). ``0`` (default) keeps training unpaired, as in
+            the papers; a positive weight is a SynthFACS-only training aid that makes short CPU runs visibly learn.
         au_loss: ``"mse"`` or ``"l1"`` AU regression.
         label_target_probability: share of manipulate targets drawn as random expression labels (their
             prototype AU vector is the AU target); the rest are real AU vectors of other samples (``au_donor``).
@@ -185,6 +187,10 @@ class JointModule(pl.LightningModule):
         compile: ``torch.compile`` the generator, coder, discriminator and segmenter in ``configure_model``
             (``nn.Module.compile``, so checkpoint keys do not change): ``False`` (default), ``True`` (the
             default ``"inductor"`` backend) or a backend name (``"aot_eager"``, ``"eager"``, ...).
+        segmenter_warmup_steps: the first this many training batches train only the segmenter (segmentation
+            loss on the batch masks, through the generator optimiser's segmenter group): the GAN then starts from
+            usable masks instead of a random parser's. Needs ``joint=True``, ``region_source="segmenter"`` and
+            masks in the data; ``0`` (default) starts the GAN at once.
         sample_every_n_steps: log a sample grid every this many training batches (0 disables); a grid is
             also logged for the first validation batch.
         num_samples: rows of the sample grid.
@@ -228,6 +234,7 @@ class JointModule(pl.LightningModule):
         num_samples: int = 4,
         au_donor: str = "auto",
         compile: bool | str = False,
+        segmenter_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -251,6 +258,9 @@ class JointModule(pl.LightningModule):
             raise ValueError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
         if not 0 <= label_target_probability <= 1:
             raise ValueError(f"label_target_probability must be in [0, 1], got {label_target_probability}")
+        if isinstance(segmenter_warmup_steps, bool) or not isinstance(segmenter_warmup_steps, int) \
+                or segmenter_warmup_steps < 0:
+            raise ValueError(f"segmenter_warmup_steps must be an integer >= 0, got {segmenter_warmup_steps!r}")
         if sample_every_n_steps < 0 or num_samples < 1:
             raise ValueError(f"sample_every_n_steps must be >= 0 and num_samples >= 1, got "
                              f"{sample_every_n_steps}, {num_samples}")
@@ -342,6 +352,7 @@ class JointModule(pl.LightningModule):
         self.val_d_acc_edit = MulticlassAccuracy(num_classes=NUM_EXPRESSIONS, average="micro")
         self.val_recon_l1 = MeanMetric()
         self.val_transfer_l1_gt = MeanMetric()
+        self.val_edit_l1_gt = MeanMetric()
         self.val_parsing = ParsingMetrics(NUM_CLASSES, ignore_index=self._seg_loss_args["ignore_index"])
         self._val_grid_batch: dict[str, torch.Tensor] | None = None
 
@@ -456,9 +467,17 @@ class JointModule(pl.LightningModule):
         images = batch["image"]
         size, device = images.shape[0], images.device
         keys = self._batch_keys(batch)
-        labels = (self._uniform(keys, _DRAW_LABEL) * NUM_EXPRESSIONS).long().clamp_(max=NUM_EXPRESSIONS - 1)
+        if batch.get("edit_expression") is not None:
+            # The dataset chose the label (and rendered its answer as ``edit_target``).
+            labels = batch["edit_expression"].to(device=device, dtype=torch.long).reshape(-1)
+            if labels.numel() != size or bool(((labels < 0) | (labels >= NUM_EXPRESSIONS)).any()):
+                raise ValueError(f"batch['edit_expression'] must hold {size} labels in [0, {NUM_EXPRESSIONS}), got "
+                                 f"{batch['edit_expression'].tolist()}")
+        else:
+            labels = (self._uniform(keys, _DRAW_LABEL) * NUM_EXPRESSIONS).long().clamp_(max=NUM_EXPRESSIONS - 1)
         prototype_aus = self.expression_prototypes[labels]
         donor_expression = None
+        mode = None
         if batch.get("aus") is not None:
             mode = self.hparams.au_donor
             if mode == "auto":
@@ -486,8 +505,24 @@ class JointModule(pl.LightningModule):
             valid = torch.ones_like(use_label)
         else:
             expression, valid = labels, use_label
-        return {"labels": labels, "use_label": use_label, "aus": aus, "donor_aus": donor_aus,
-                "expression": expression, "expression_valid": valid}
+        targets = {"labels": labels, "use_label": use_label, "aus": aus, "donor_aus": donor_aus,
+                   "expression": expression, "expression_valid": valid}
+        # Ground truth of each edit where the data knows it: the label's render, or (reference donor) the
+        # source identity rendered with the reference's AUs.
+        label_truth = batch.get("edit_target") if batch.get("edit_expression") is not None else None
+        donor_truth = batch.get("transfer_target") if mode == "reference" else None
+        if label_truth is not None or donor_truth is not None:
+            zeros = torch.zeros_like(images)
+            truth_valid = torch.zeros(size, dtype=torch.bool, device=device)
+            if label_truth is not None:
+                truth_valid |= use_label
+            if donor_truth is not None:
+                truth_valid |= ~use_label
+            targets["truth"] = torch.where(use_label[:, None, None, None],
+                                           label_truth if label_truth is not None else zeros,
+                                           donor_truth if donor_truth is not None else zeros)
+            targets["truth_valid"] = truth_valid
+        return targets
 
     def _target_codes(self, coder: nn.Module, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
         label_codes = coder.from_label(targets["labels"])
@@ -610,7 +645,15 @@ class JointModule(pl.LightningModule):
         total = (losses["adv"] + hp.lambda_cls * losses["cls"] + hp.lambda_au * losses["au"]
                  + hp.lambda_local * (losses["local_adv"] + hp.lambda_au * losses["local_au"])
                  + hp.lambda_cyc * losses["cycle_l1"] + losses["attention"] + hp.lambda_code * losses["code"])
-        return {f"manipulate/{k}": v for k, v in losses.items()}, total
+        out = {f"manipulate/{k}": v for k, v in losses.items()}
+        valid = targets.get("truth_valid")
+        if valid is not None and bool(valid.any()):
+            paired = F.l1_loss(fake.image[valid].float(), targets["truth"][valid].float())
+            out["edit_l1_gt"] = paired.detach()
+            if hp.lambda_paired > 0:
+                out["manipulate/paired_l1"] = paired
+                total = total + hp.lambda_paired * paired
+        return out, total
 
     def _transfer_g_losses(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor
                            ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -722,6 +765,9 @@ class JointModule(pl.LightningModule):
             # prepares the reducer in each manual_backward, which needs every parameter in every backward.
             # Gradients are averaged per optimiser step in _optimizer_step instead (no find_unused_parameters).
             disable_reducer(self.trainer.model)
+        if self._train_batches < hp.get("segmenter_warmup_steps", 0) and self.segmenter_trainable:
+            self._segmenter_warmup_step(batch, parsing)
+            return
         self._step_keys = self._batch_keys(batch)
         targets = self._sample_manipulation_targets(batch) if "manipulate" in tasks else None
         logs: dict[str, torch.Tensor] = {}
@@ -793,7 +839,7 @@ class JointModule(pl.LightningModule):
                 if seg_mask is not None:
                     g_losses["seg_loss"] = ohem_cross_entropy(seg_logits, seg_mask.long(), **self._seg_loss_args)
                     g_total = g_total + hp.lambda_seg * g_losses["seg_loss"]
-            diagnostic = {k: g_losses.pop(k) for k in ("transfer_l1_gt",) if k in g_losses}
+            diagnostic = {k: g_losses.pop(k) for k in ("transfer_l1_gt", "edit_l1_gt") if k in g_losses}
             self._check_finite(g_losses, g_total, "generator")
             g_opt.zero_grad()
             self.manual_backward(g_total)
@@ -814,6 +860,25 @@ class JointModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in headline.items()}, prog_bar=True, batch_size=batch_size)
         if hp.sample_every_n_steps and self._train_batches % hp.sample_every_n_steps == 0:
             self._log_samples(batch, "train/samples")
+
+    def _segmenter_warmup_step(self, batch: Mapping[str, Any], parsing: Mapping[str, Any] | None) -> None:
+        """One segmentation-only step of the generator optimiser (only the segmenter's group has gradients)."""
+        source = parsing if parsing is not None else batch
+        if source.get("mask") is None:
+            raise KeyError("segmenter_warmup_steps > 0 needs batches with 'mask' (or a CombinedDataModule parsing "
+                           f"batch); keys: {sorted(source)}")
+        g_opt = self._named_optimizers()["generator"]
+        self.toggle_optimizer(g_opt)
+        seg_loss = ohem_cross_entropy(self.segmenter(source["image"]), source["mask"].long(), **self._seg_loss_args)
+        self._check_finite({"seg_loss": seg_loss}, seg_loss, "segmenter warm-up")
+        g_opt.zero_grad(set_to_none=True)  # parameters without gradients are skipped by Adam
+        self.manual_backward(seg_loss)
+        self._optimizer_step(g_opt)
+        self.untoggle_optimizer(g_opt)
+        self._train_batches += 1
+        if self.segmenter_trainable and self._world_size() > 1:
+            broadcast_buffers(self.segmenter)
+        self.log("train/warmup_seg_loss", seg_loss.detach(), prog_bar=True, batch_size=source["image"].shape[0])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluation_step(batch, batch_idx, "val")
@@ -836,6 +901,10 @@ class JointModule(pl.LightningModule):
         edited = generator(images, coder.from_label(targets), **region_kwargs).image
         self.val_d_acc_edit(self.discriminator.global_d(edited)["expression"], targets)
         self.log(f"{stage}/d_acc_edit", self.val_d_acc_edit, batch_size=batch_size)
+        if self.uses_manipulate and batch.get("edit_expression") is not None and batch.get("edit_target") is not None:
+            labelled = generator(images, coder.from_label(batch["edit_expression"].long()), **region_kwargs).image
+            self.val_edit_l1_gt.update((labelled - batch["edit_target"]).abs().mean(dim=(1, 2, 3)))
+            self.log(f"{stage}/edit_l1_gt", self.val_edit_l1_gt, batch_size=batch_size)
         if self.uses_transfer and batch.get("reference_image") is not None and batch.get("transfer_target") is not None:
             swapped = generator(images, coder.from_image(batch["reference_image"]), **region_kwargs).image
             self.val_transfer_l1_gt.update((swapped - batch["transfer_target"]).abs().mean(dim=(1, 2, 3)))
