@@ -253,3 +253,27 @@ def test_encode_and_factory():
     assert global_only.region_source == "none" and len(global_only.local_generators) == 0
     with pytest.raises(ValueError, match="unknown generator"):
         create_generator("stargan")
+
+
+@pytest.mark.parametrize("region_source", ["segmenter", "landmarks"])
+def test_residual_paste_leaves_unchanged_crops_exact(region_source):
+    """Local generators that keep their whole crop (attention 1) leave the global image exactly as it was with
+    paste="residual"; paste="resample" blurs the regions by the crop's down- and up-sampling."""
+    torch.manual_seed(0)
+    errors = {}
+    for mode in ("residual", "resample"):
+        generator = tiny_generator(region_source, paste=mode)
+        with torch.no_grad():
+            for local in generator.local_generators.values():
+                local.net.attention_head.weight.zero_()
+                local.net.attention_head.bias.fill_(100.0)  # sigmoid -> 1: keep the crop
+        torch.manual_seed(1)
+        _, out = _run(generator)
+        errors[mode] = float((out.image - out.global_image).abs().max())
+    assert errors["residual"] == 0.0
+    assert errors["resample"] > 1e-3, errors
+
+
+def test_unknown_paste_mode_is_rejected():
+    with pytest.raises(ValueError, match="paste must be one of"):
+        tiny_generator(paste="overwrite")

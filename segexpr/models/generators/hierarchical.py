@@ -21,6 +21,10 @@ from segexpr.models.generators.local import (
 )
 
 REGION_SOURCES: tuple[str, ...] = ("segmenter", "landmarks", "none")
+#: How local outputs return to the image: ``"residual"`` pastes the change of each crop onto the global
+#: image; ``"resample"`` pastes the resampled crop itself (blurs by the crop's down/up-sampling; the first
+#: implementation, kept to reproduce results measured with it).
+PASTE_MODES: tuple[str, ...] = ("residual", "resample")
 
 
 @dataclass
@@ -66,7 +70,9 @@ class HierarchicalGenerator(nn.Module):
        refinement: the local attention can keep the global edit where it is already good, the pasted result
        agrees with the global image at the feathered seams, and the global generator also receives gradient
        from every local loss.
-    4. Local results are pasted back (inverse affine) and fused:
+    4. Local results are pasted back (inverse affine; by default only their change from the crop,
+       ``y_local_r = y_global + paste(local_crop_r - crop_r)``, so the crop's resampling never blurs the face)
+       and fused:
        ``y = (1 - sum_r m_r) * y_global + sum_r m_r * y_local_r``, with ``m_r = feather_masks(region_masks)_r *
        validity_r`` (segmenter) or ``box_masks(boxes)_r * validity_r`` (landmarks), divided by ``sum_r m_r``
        wherever that exceeds 1 so the weights stay convex.
@@ -86,6 +92,9 @@ class HierarchicalGenerator(nn.Module):
         landmark_margin: growth per side of landmark boxes (:func:`boxes_from_landmarks`).
         feather_dilate, feather_blur: radii in pixels for :func:`feather_masks` (segmenter mode).
         box_feather: ramp fraction for :func:`box_masks` (landmarks mode).
+        paste: ``"residual"`` (default: paste each local generator's change onto the global image, so an
+            unchanged crop leaves it exactly as it was) or ``"resample"`` (paste the resampled crop; see
+            :data:`PASTE_MODES`).
     """
 
     def __init__(
@@ -106,6 +115,7 @@ class HierarchicalGenerator(nn.Module):
         box_min_size: float = 0.15,
         landmark_margin: float = 0.25,
         box_feather: float = 0.1,
+        paste: str = "residual",
     ) -> None:
         super().__init__()
         if region_source not in REGION_SOURCES:
@@ -115,6 +125,8 @@ class HierarchicalGenerator(nn.Module):
             raise ValueError(f"regions must be unique, got {regions}")
         if region_source != "none" and not regions:
             raise ValueError(f"region_source={region_source!r} needs at least one region")
+        if paste not in PASTE_MODES:
+            raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
         if crop_size < 2 ** local_n_down + 1:
             raise ValueError(f"crop_size {crop_size} is too small for local_n_down={local_n_down}")
         self.regions = regions
@@ -127,6 +139,7 @@ class HierarchicalGenerator(nn.Module):
         self.feather_dilate = feather_dilate
         self.feather_blur = feather_blur
         self.box_feather = box_feather
+        self.paste = paste
 
         self.global_generator = GlobalGenerator(3, base_channels, n_down, n_res, code_dim)
         local_names = regions if region_source != "none" else ()
@@ -224,10 +237,16 @@ class HierarchicalGenerator(nn.Module):
         local_crops_t = torch.stack(local_crops, dim=1)
         local_attention_t = torch.stack(local_crop_attention, dim=1)
 
-        pasted, validity = paste(local_crops_t, boxes, (height, width))  # [B,R,3,H,W], [B,R,1,H,W]
-        pasted_attention, _ = paste(local_attention_t, boxes, (height, width))
         global_image = g.image.unsqueeze(1)
-        local_images = validity * pasted + (1 - validity) * global_image
+        if self.paste == "residual":
+            # Paste back only the local generator's *change*: an unchanged crop (attention 1) leaves the global
+            # image bit-identical, instead of blurring it by the crop's down- and up-sampling.
+            change, validity = paste(local_crops_t - crops, boxes, (height, width))  # [B,R,3,H,W], [B,R,1,H,W]
+            local_images = (global_image + validity * change).clamp(-1, 1)
+        else:
+            pasted, validity = paste(local_crops_t, boxes, (height, width))
+            local_images = validity * pasted + (1 - validity) * global_image
+        pasted_attention, _ = paste(local_attention_t, boxes, (height, width))
         local_attention = validity * pasted_attention + (1 - validity)
 
         if self.region_source == "segmenter":
@@ -237,7 +256,8 @@ class HierarchicalGenerator(nn.Module):
         weights = weights * validity
         # Overlapping regions (e.g. dilated brows and eyes) may sum past 1: rescale to a convex combination.
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        fused = (1 - weights.sum(dim=1)) * g.image + (weights * local_images).sum(dim=1)
+        # = (1 - sum w) * global + sum w * local, written so that local == global gives global exactly
+        fused = (g.image + (weights * (local_images - global_image)).sum(dim=1)).clamp(-1, 1)
         return GeneratorOutput(
             image=fused, global_image=g.image, attention=g.attention, local_images=local_images,
             local_attention=local_attention, fusion_masks=weights, boxes=boxes, au_free=g.au_free,
