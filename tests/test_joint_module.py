@@ -256,14 +256,14 @@ def test_segmenter_warmup_trains_only_the_segmenter(pair_batches):
     parts = {"segmenter": module.segmenter, "generator": module.generator, "coder": module.coder,
              "discriminator": module.discriminator}
     before = {name: _snapshot(part) for name, part in parts.items()}
-    trainer = pl.Trainer(max_steps=2 * 3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, loader(pair_batches))  # two batches: warm-up only (one generator-optimiser step each)
+    trainer.fit(module, loader(pair_batches))  # two batches: warm-up only (one optimiser step each)
     assert module._train_batches == 2 and "train/warmup_seg_loss" in trainer.callback_metrics
     assert _changed(module.segmenter, before["segmenter"])
     for name in ("generator", "coder", "discriminator"):
         assert not _changed(parts[name], before[name]), f"{name} changed during the segmenter warm-up"
-    trainer = pl.Trainer(max_steps=2 * 3 + 3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, limit_val_batches=0)
     trainer.fit(module, loader(pair_batches[:1]))  # third batch: the GAN schedule starts
     assert _changed(module.generator, before["generator"]) and _changed(module.discriminator, before["discriminator"])

@@ -876,7 +876,7 @@ class JointModule(pl.LightningModule):
         self._optimizer_step(g_opt)
         self.untoggle_optimizer(g_opt)
         self._train_batches += 1
-        if self.segmenter_trainable and self._world_size() > 1:
+        if self._world_size() > 1:
             broadcast_buffers(self.segmenter)
         self.log("train/warmup_seg_loss", seg_loss.detach(), prog_bar=True, batch_size=source["image"].shape[0])
 
