@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
+from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
 from segexpr.evaluate import SynthFACSEditBenchmark, train_recognizer
 from segexpr.modules.joint import JointModule
 from segexpr.modules.segmenter import SegmenterModule
@@ -90,8 +91,8 @@ class CachedFaces(Dataset):
     training, and every variant sees exactly the same data.
     """
 
-    IMAGE_KEYS = ("image", "reference_image", "transfer_target", "edit_target")
-    PAIR_KEYS = ("transfer_target", "edit_target", "edit_expression")
+    IMAGE_KEYS = ("image", "reference_image", *ALIGNED_IMAGE_KEYS)
+    PAIR_KEYS = (*ALIGNED_IMAGE_KEYS, "edit_expression")  # besides reference_*: what pairs=True adds
 
     def __init__(self, size: int, length: int, seed: int, workers: int) -> None:
         source = SyntheticFaces(size=size, length=length, seed=seed, split="train", pairs=True,

@@ -512,16 +512,13 @@ class JointModule(pl.LightningModule):
         label_truth = batch.get("edit_target") if batch.get("edit_expression") is not None else None
         donor_truth = batch.get("transfer_target") if mode == "reference" else None
         if label_truth is not None or donor_truth is not None:
-            zeros = torch.zeros_like(images)
+            truth = torch.zeros_like(images)
             truth_valid = torch.zeros(size, dtype=torch.bool, device=device)
-            if label_truth is not None:
-                truth_valid |= use_label
-            if donor_truth is not None:
-                truth_valid |= ~use_label
-            targets["truth"] = torch.where(use_label[:, None, None, None],
-                                           label_truth if label_truth is not None else zeros,
-                                           donor_truth if donor_truth is not None else zeros)
-            targets["truth_valid"] = truth_valid
+            for chosen, answer in ((use_label, label_truth), (~use_label, donor_truth)):
+                if answer is not None:
+                    truth = torch.where(chosen[:, None, None, None], answer, truth)
+                    truth_valid |= chosen
+            targets["truth"], targets["truth_valid"] = truth, truth_valid
         return targets
 
     def _target_codes(self, coder: nn.Module, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
