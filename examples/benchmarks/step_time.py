@@ -136,7 +136,8 @@ def measure(config: str, precision: str, batch: dict, size: int, device: str, wa
                                                                           if p.requires_grad) / 1e6}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
+    """Parse ``argv``, print the table, return ``{(config, precision): measure(...)}``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["global", "full"])
     parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=["fp32", "bf16"])
@@ -144,10 +145,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--n-critic", type=int, default=5, help="D steps per G step the iteration assumes")
     parser.add_argument("--warmup", type=int, default=1, help="untimed (D, D+G) batch pairs")
-    parser.add_argument("--iters", type=int, default=2, help="timed (D, D+G) batch pairs (median)")
+    parser.add_argument("--iters", type=int, default=4, help="timed (D, D+G) batch pairs (median; 2 proved too few on a CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if "fp16" in args.precisions and args.device == "cpu":
@@ -175,6 +176,7 @@ def main() -> None:
         for config in args.configs:
             print(f"# {config}: bf16 / fp32 iteration time = "
                   f"{results[(config, 'bf16')]['iter_ms'] / results[(config, 'fp32')]['iter_ms']:.2f}")
+    return results
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""The step-time benchmark counts FLOPs with torch's formulas and runs end to end on a tiny setting.
+
+Its timings are not asserted (they depend on the machine); its FLOP counts and its table are.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "step_time.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flop_count_matches_matmul_and_conv_formulas():
+    step_time = load_script()
+    x = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(16, 8, requires_grad=True)
+    with step_time.FlopCount() as counter:
+        y = torch.nn.functional.linear(x, weight)
+    assert counter.total == 2 * 4 * 8 * 16
+    with step_time.FlopCount() as counter:
+        y.sum().backward()  # grad wrt x and wrt weight: two matmuls of the same size
+    assert counter.total == 2 * (2 * 4 * 8 * 16)
+
+    image = torch.randn(2, 3, 10, 10)
+    conv = torch.nn.Conv2d(3, 5, kernel_size=3, padding=1, bias=False)
+    with torch.no_grad(), step_time.FlopCount() as counter:
+        conv(image)
+    assert counter.total == 2 * 2 * 5 * 10 * 10 * 3 * 3 * 3  # 2 * N * C_out * H * W * C_in * k * k
+
+
+def test_step_time_tiny_run_reports_both_configs(capsys):
+    torch.manual_seed(0)
+    step_time = load_script()
+    results = step_time.main(["--configs", "global", "full", "--precisions", "fp32", "--batch-size", "2",
+                              "--size", "32", "--iters", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert set(results) == {("global", "fp32"), ("full", "fp32")}
+    glob, full = results[("global", "fp32")], results[("full", "fp32")]
+    for r in (glob, full):
+        assert r["iter_ms"] > 0 and r["d_ms"] > 0 and r["gflops_per_s"] > 0
+        # the generator step runs more than the discriminator step (G forward twice, critics on the fakes)
+        assert r["gflop_g"] > r["gflop_d"] > 0
+        assert abs(r["gflop_iter"] - (r["gflop_d"] + r["gflop_g"] / 5)) < 1e-6
+    # the full model adds a segmenter, local generators and local critics to the same global networks
+    assert full["params_m"] > glob["params_m"]
+    assert full["gflop_d"] > glob["gflop_d"] and full["gflop_g"] > glob["gflop_g"]
+    assert "vs global" in out and "1.00x" in out
