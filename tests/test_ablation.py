@@ -5,6 +5,8 @@ import importlib.util
 import math
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "synthfacs_ablation.py"
 
 
@@ -57,3 +59,21 @@ def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
     from segexpr.modules.joint import JointModule
     module = JointModule.load_from_checkpoint(tmp_path / "work" / "joint.ckpt")
     assert module.hparams.lambda_paired == 5 and module.hparams.lambda_seg == 3 and module.hparams.adv_loss == "hinge"
+
+
+def test_ablation_batch_budget_trains_every_variant_equally_across_epochs(tmp_path):
+    """--batches-per-variant stops each variant after exactly N JointModule batches, across epoch boundaries."""
+    ablation = load_script()
+    out = tmp_path / "results.md"
+    # --tiny caches 16 pairs at batch 4 (drop_last): 4 batches per epoch, so 6 batches cross one boundary.
+    result = ablation.main(["--tiny", "--variants", "global", "landmarks", "--batches-per-variant", "6",
+                            "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    assert {name: row["batches"] for name, row in result["rows"].items()} == {"global": 6, "landmarks": 6}
+    text = out.read_text()
+    assert "Setup: 32 px, batch 4, 6 training batches per variant" in text  # (--tiny keeps its own banner)
+
+
+def test_ablation_rejects_a_non_positive_batch_budget():
+    ablation = load_script()
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--batches-per-variant", "0"])

@@ -23,7 +23,9 @@ renders; never the GAN's discriminator) and the segmenter. Every variant is then
 added: "no edit" (the source returned unchanged) and the judge's score on the ground-truth renders.
 
 Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out``, and the command.
-``--tiny`` runs a few steps at 32 px with tiny networks (the test suite uses it).
+``--batches-per-variant N`` replaces the wall-clock budget by N training batches per variant (equal updates, to
+separate a method's quality from its cost per batch). ``--tiny`` runs a few steps at 32 px with tiny networks
+(the test suite uses it).
 """
 from __future__ import annotations
 
@@ -146,10 +148,30 @@ def widths(tiny: bool, size: int) -> dict[str, Any]:
             "recognizer": {"base_channels": 32, "n_layers": 4}}
 
 
-def trainer_kwargs(minutes: float, steps: int | None) -> dict[str, Any]:
-    """A wall-clock budget (``max_time``), or a batch budget for ``--tiny``."""
+class StopAfterBatches(pl.Callback):
+    """Stop ``fit`` after ``batches`` JointModule training batches, across epochs.
+
+    ``max_steps`` cannot express this: with manual optimisation Lightning counts optimiser steps, and a
+    JointModule batch makes one to three of them (D, feature classifier, G every ``n_critic`` batches).
+    """
+
+    def __init__(self, batches: int) -> None:
+        if batches < 1:
+            raise ValueError(f"batches must be >= 1, got {batches}")
+        self.batches = batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module._train_batches >= self.batches:
+            trainer.should_stop = True
+
+
+def trainer_kwargs(minutes: float, steps: int | None, batches: int | None = None) -> dict[str, Any]:
+    """A wall-clock budget (``max_time``), a batch budget for ``--tiny`` (one epoch), or ``batches`` JointModule
+    training batches over as many epochs as they take (``--batches-per-variant``)."""
     common = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
               "enable_model_summary": False, "limit_val_batches": 0, "accelerator": "cpu", "num_sanity_val_steps": 0}
+    if batches is not None:
+        return {**common, "max_epochs": -1, "callbacks": [StopAfterBatches(batches)]}
     if steps is not None:
         return {**common, "max_epochs": 1, "limit_train_batches": steps}
     return {**common, "max_epochs": -1, "max_time": {"seconds": max(1, round(minutes * 60))}}
@@ -158,6 +180,9 @@ def trainer_kwargs(minutes: float, steps: int | None) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes-per-variant", type=float, default=10.0, help="training wall clock per variant")
+    parser.add_argument("--batches-per-variant", type=int, default=None,
+                        help="instead of a wall-clock budget, train every variant for this many batches (equal "
+                             "updates: separates a method's quality from its cost per batch)")
     parser.add_argument("--recognizer-minutes", type=float, default=5.0, help="judge training (not in the budgets)")
     parser.add_argument("--segmenter-minutes", type=float, default=5.0, help="segmenter pre-training (shared by 3-6)")
     parser.add_argument("--size", type=int, default=64)
@@ -181,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
     args = parser.parse_args(argv)
+    if args.batches_per_variant is not None and args.batches_per_variant < 1:
+        parser.error(f"--batches-per-variant must be >= 1, got {args.batches_per_variant}")
     if args.tiny:
         args.size, args.batch_size, args.train_samples, args.eval_count, args.n_critic = 32, 4, 16, 2, 1
     if args.threads is None:
@@ -343,7 +370,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
         loader = DataLoader(data.view(pairs=paired_view), batch_size=args.batch_size,
                             shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-        trainer = pl.Trainer(**trainer_kwargs(args.minutes_per_variant, steps))
+        trainer = pl.Trainer(**trainer_kwargs(args.minutes_per_variant, steps, args.batches_per_variant))
         t0 = time.time()
         trainer.fit(module, loader)
         train_seconds = time.time() - t0
@@ -376,6 +403,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.tiny:
         banner = ("**TINY smoke run (`--tiny`): a few batches per variant at 32 px; the numbers below say nothing "
                   "about the methods.**")
+    elif args.batches_per_variant is not None:
+        banner = (f"**Equal-batch run ({args.batches_per_variant} training batches per variant): every variant "
+                  "makes the same number of updates, whatever its cost per batch; compare with the equal "
+                  "wall-clock table in docs/results.md.**")
     elif args.minutes_per_variant < 10:
         banner = (f"**Short-budget run ({args.minutes_per_variant:g} min per variant, not the issue's 10 min x 6 "
                   "protocol): a pipeline check; the numbers are not the result of the ablation.**")
@@ -384,8 +415,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     supervision = ("`lambda_paired=0` (unpaired, the papers' setting)" if args.lambda_paired == 0 else
                    f"`lambda_paired={args.lambda_paired:g}` (every variant also gets the SynthFACS paired L1 to the "
                    "ground truth of its edits and transfers: a synthetic-data training aid, not the papers' setting)")
-    budget = (f"{steps} training batches" if args.tiny else
-              f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)")
+    if args.batches_per_variant is not None:
+        budget = f"{args.batches_per_variant} training batches"
+    elif args.tiny:
+        budget = f"{steps} training batches"
+    else:
+        budget = f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)"
     text = f"""# Results: SynthFACS ablation
 
 Reproduce with:
