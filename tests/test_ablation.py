@@ -1,24 +1,15 @@
 """The SynthFACS ablation script runs end to end on a tiny budget and writes its table, plots and command."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "synthfacs_ablation.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("synthfacs_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def test_ablation_tiny_end_to_end(tmp_path):
-    ablation = load_script()
+    ablation = load_benchmark("synthfacs_ablation")
     out = tmp_path / "docs" / "results.md"
     result = ablation.main(["--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")])
 
@@ -49,7 +40,7 @@ def test_ablation_tiny_end_to_end(tmp_path):
 
 def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
     """--lambda-paired gives manipulate-only variants the paired view (edit targets) and the weight."""
-    ablation = load_script()
+    ablation = load_benchmark("synthfacs_ablation")
     out = tmp_path / "results.md"
     result = ablation.main(["--tiny", "--variants", "global", "joint", "--lambda-paired", "5", "--lambda-seg", "3",
                             "--adv-loss", "hinge", "--out", str(out), "--work-dir", str(tmp_path / "work")])
@@ -63,7 +54,7 @@ def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
 
 def test_ablation_batch_budget_trains_every_variant_equally_across_epochs(tmp_path):
     """--batches-per-variant stops each variant after exactly N JointModule batches, across epoch boundaries."""
-    ablation = load_script()
+    ablation = load_benchmark("synthfacs_ablation")
     out = tmp_path / "results.md"
     # --tiny caches 16 pairs at batch 4 (drop_last): 4 batches per epoch, so 6 batches cross one boundary.
     result = ablation.main(["--tiny", "--variants", "global", "landmarks", "--batches-per-variant", "6",
@@ -74,6 +65,6 @@ def test_ablation_batch_budget_trains_every_variant_equally_across_epochs(tmp_pa
 
 
 def test_ablation_rejects_a_non_positive_batch_budget():
-    ablation = load_script()
+    ablation = load_benchmark("synthfacs_ablation")
     with pytest.raises(SystemExit):
         ablation.parse_args(["--batches-per-variant", "0"])

@@ -4,23 +4,13 @@ Its timings are not asserted (they depend on the machine); its FLOP counts and i
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "benchmarks" / "step_time.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_benchmark
 
 
 def test_flop_count_matches_matmul_and_conv_formulas():
-    step_time = load_script()
+    step_time = load_benchmark("step_time")
     x = torch.randn(4, 8, requires_grad=True)
     weight = torch.randn(16, 8, requires_grad=True)
     with step_time.FlopCount() as counter:
@@ -39,7 +29,7 @@ def test_flop_count_matches_matmul_and_conv_formulas():
 
 def test_step_time_tiny_run_reports_both_configs(capsys):
     torch.manual_seed(0)
-    step_time = load_script()
+    step_time = load_benchmark("step_time")
     results = step_time.main(["--configs", "global", "full", "--precisions", "fp32", "--batch-size", "2",
                               "--size", "32", "--iters", "1", "--warmup", "0"])
     out = capsys.readouterr().out
