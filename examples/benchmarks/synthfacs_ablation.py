@@ -415,12 +415,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     supervision = ("`lambda_paired=0` (unpaired, the papers' setting)" if args.lambda_paired == 0 else
                    f"`lambda_paired={args.lambda_paired:g}` (every variant also gets the SynthFACS paired L1 to the "
                    "ground truth of its edits and transfers: a synthetic-data training aid, not the papers' setting)")
-    if args.batches_per_variant is not None:
-        budget = f"{args.batches_per_variant} training batches"
-    elif args.tiny:
-        budget = f"{steps} training batches"
-    else:
-        budget = f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)"
+    batch_budget = args.batches_per_variant if args.batches_per_variant is not None else steps
+    budget = (f"{batch_budget} training batches" if batch_budget is not None else
+              f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)")
     text = f"""# Results: SynthFACS ablation
 
 Reproduce with:
