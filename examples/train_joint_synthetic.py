@@ -26,7 +26,8 @@ import torchvision
 from pytorch_lightning.loggers import CSVLogger
 
 from segexpr.data.synthetic import SyntheticFacesDataModule
-from segexpr.modules.joint import JointModule, sample_grid, sample_grid_columns
+from segexpr.modules.joint import JointModule
+from segexpr.modules.samples import sample_grid, sample_grid_columns
 from segexpr.modules.segmenter import SegmenterModule
 
 
@@ -67,16 +68,18 @@ def main(argv: list[str] | None = None) -> Path:
                        **common).fit(segmenter, datamodule=parsing)
 
     module = JointModule(
-        segmenter=segmenter,
-        generator={"generator_kwargs": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16,
-                                        "local_n_res": 1, "crop_size": 24},
-                   "coder_kwargs": {"code_dim": 32, "base_channels": 16, "n_down": 3}},
-        discriminator={"image_size": args.size, "discriminator_kwargs": {"base_channels": 16, "n_layers": 4,
-                                                                         "local_channels": 16, "local_n_layers": 2,
-                                                                         "feature_hidden": 32, "crop_size": 24}},
-        task=args.task, region_source=args.region_source, joint=not args.frozen_segmenter, adv_loss=args.adv_loss,
+        segmenter={"name": "unet", "base_channels": 16, "depth": 3} if segmenter is not None else None,
+        generator={"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16, "local_n_res": 1,
+                   "crop_size": 24},
+        coder={"code_dim": 32, "base_channels": 16, "n_down": 3},
+        discriminator={"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
+                       "feature_hidden": 32},
+        image_size=args.size, task=args.task, region_source=args.region_source, joint=not args.frozen_segmenter,
+        adv_loss=args.adv_loss,
         n_critic=args.n_critic, lr=args.lr, ema_decay=0.99, sample_every_n_steps=0,
     )
+    if segmenter is not None:  # start from the pre-trained parser
+        module.segmenter.load_state_dict(segmenter.segmenter.state_dict())
     data = SyntheticFacesDataModule(size=args.size, train_length=20000, val_length=40, test_length=40,
                                     seed=args.seed, pairs=True, augment=False, batch_size=args.batch_size)
     start = time.time()

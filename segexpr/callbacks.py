@@ -13,7 +13,7 @@ class ResultImage(pl.Callback):
     """Write a labelled result grid PNG of a ``JointModule`` on validation images.
 
     Rows are validation faces; columns are source | one edit per target expression | reference | transfer |
-    region masks (see :func:`segexpr.modules.joint.sample_grid`). The image is rewritten at the end of every
+    region masks (see :func:`segexpr.modules.samples.sample_grid`). The image is rewritten at the end of every
     validation run (so a long run shows progress) and at the end of training.
 
     Args:
@@ -38,7 +38,7 @@ class ResultImage(pl.Callback):
     @rank_zero_only
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path:
         """Render the grid now and write it to :attr:`path`."""
-        from segexpr.modules.joint import sample_grid, sample_grid_columns
+        from segexpr.modules.samples import sample_grid, sample_grid_columns
 
         batch = self._batch(trainer)
         grid = sample_grid(pl_module, batch, num_samples=self.num_samples)

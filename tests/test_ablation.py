@@ -31,7 +31,14 @@ def test_ablation_tiny_end_to_end(tmp_path):
     lines = [line for line in text.splitlines() if line.startswith("| (")]
     assert len(lines) == 6, lines
     assert "| no edit (source returned) |" in text and "judge ceiling" in text
-    assert any("NOT reached" in t or "reached" in t for t in result["targets"])
+    # every target line carries the verdict its own numbers give (value >= goal <=> "reached")
+    full = result["rows"][ablation.FULL_MODEL]["metrics"]
+    for key, goal in ablation.TARGETS.items():
+        line = next(t for t in result["targets"] if t.startswith(f"- {key} of (4)"))
+        assert line.endswith(": reached" if full[key] >= goal else ": NOT reached"), line
+    unwanted = next(t for t in result["targets"] if t.startswith("- unwanted change of (4)"))
+    baseline = result["rows"][ablation.BASELINE]["metrics"]["edit_unwanted_change"]
+    assert unwanted.endswith(": reached" if full["edit_unwanted_change"] < baseline else ": NOT reached"), unwanted
     for png in (result["plot"], result["samples"]):
         assert png.is_file() and png.stat().st_size > 1000 and png.parent == out.parent
     assert f"]({result['plot'].name})" in text

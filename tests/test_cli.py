@@ -9,7 +9,8 @@ from PIL import Image
 
 from segexpr.cli import main
 from segexpr.data.synthetic import SyntheticFaces
-from segexpr.inference import CheckpointError, load_module, parse_aus, read_checkpoint, write_image
+from segexpr.cli.edit import parse_aus
+from segexpr.io import CheckpointError, load_module, read_checkpoint, write_image
 from segexpr.modules.joint import JointModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +27,11 @@ model:
     adv_loss: hinge
     ema_decay: 0.9
     sample_every_n_steps: 0
-    segmenter: {{arch: unet, segmenter_kwargs: {{base_channels: 8, depth: 2}}}}
-    generator:
-      generator_kwargs: {{base_channels: 8, n_down: 2, n_res: 1, local_channels: 8, local_n_res: 1, crop_size: 16}}
-      coder_kwargs: {{code_dim: 16, base_channels: 8, n_down: 2}}
-    discriminator:
-      image_size: {size}
-      discriminator_kwargs: {{base_channels: 8, n_layers: 3, local_channels: 8, local_n_layers: 2, feature_hidden: 16, au_free_channels: 32}}  # = generator base_channels * 2**n_down
+    image_size: {size}
+    segmenter: {{name: unet, base_channels: 8, depth: 2}}
+    generator: {{base_channels: 8, n_down: 2, n_res: 1, local_channels: 8, local_n_res: 1, crop_size: 16}}
+    coder: {{code_dim: 16, base_channels: 8, n_down: 2}}
+    discriminator: {{base_channels: 8, n_layers: 3, local_channels: 8, local_n_layers: 2, feature_hidden: 16}}
 data:
   class_path: segexpr.data.SyntheticFacesDataModule
   init_args: {{size: {size}, train_length: 40, val_length: 20, test_length: 20, pairs: true, augment: false, batch_size: 4}}

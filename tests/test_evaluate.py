@@ -1,4 +1,4 @@
-"""segexpr.evaluate: the SynthFACS benchmark, the independent judge, the callback and the ``segexpr evaluate`` CLI."""
+"""segexpr.evaluation: the SynthFACS benchmark, the independent judge, the callback and the ``segexpr evaluate`` CLI."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from segexpr.cli import main as cli_main
 from segexpr.data.synthetic import SPLIT_IDENTITY_OFFSET, SyntheticFaces, changeable_area
-from segexpr.evaluate import (
+from segexpr.evaluation import (
     RECOGNIZER_KEYS,
     EditMetricsCallback,
     SynthFACSEditBenchmark,
@@ -111,7 +111,8 @@ def test_the_gan_discriminator_cannot_judge(benchmark, joint):
     with pytest.raises(ValueError, match="independent"):
         benchmark.evaluate(joint, joint.discriminator)
     # a copy of the discriminator's weights in a separate recogniser is refused too
-    copy = AUDiscriminatorModule(**joint.hparams["discriminator"]["init_args"])
+    config = dict(joint.hparams["discriminator"])  # the network config JointModule recorded
+    copy = AUDiscriminatorModule(image_size=config.pop("image_size"), discriminator_kwargs=config)
     copy.discriminator.load_state_dict(joint.discriminator.state_dict())
     with pytest.raises(ValueError, match="identical"):
         benchmark.evaluate(joint, copy)
@@ -194,7 +195,8 @@ def test_cli_bad_input(checkpoints, tmp_path):
     with pytest.raises(SystemExit, match="unknown --data 'celeba'"):
         cli_main(["evaluate", "--ckpt", str(joint_path), "--data", "celeba", *out])
     # the GAN's own discriminator, saved as a recogniser checkpoint, is refused
-    judge = AUDiscriminatorModule(**module.hparams["discriminator"]["init_args"])
+    config = dict(module.hparams["discriminator"])  # the network config JointModule recorded
+    judge = AUDiscriminatorModule(image_size=config.pop("image_size"), discriminator_kwargs=config)
     judge.discriminator.load_state_dict(module.discriminator.state_dict())
     stolen = tmp_path / "stolen.ckpt"
     torch.save({"state_dict": judge.state_dict(), "hyper_parameters": dict(judge.hparams)}, stolen)
@@ -202,17 +204,16 @@ def test_cli_bad_input(checkpoints, tmp_path):
         cli_main(["evaluate", "--ckpt", str(joint_path), "--recognizer", str(stolen), *out])
 
 
-def test_callback_logs_metrics_in_test(joint, recognizer, tmp_path):
-    class WithTestStep(JointModule):  # JointModule itself defines no test_step yet
-        def test_step(self, batch, batch_idx):
-            return None
-
-    module = WithTestStep(**{k: v for k, v in joint.hparams.items()})
+def test_callback_logs_metrics_in_test(recognizer, tmp_path):
+    """The callback runs after JointModule's own test_step: both its metrics and the benchmark's are returned."""
+    torch.manual_seed(3)
+    module = tiny_joint()
     data = DataLoader(SyntheticFaces(size=SIZE, length=2, seed=0, split="test", identities=2, pairs=True), batch_size=2)
     callback = EditMetricsCallback(recognizer=recognizer, count=2, fid_features="none")
     metrics = pl.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path).test(module, data, verbose=False)[0]
     assert {"test/synthfacs/edit_psnr", "test/synthfacs/edit_expression_accuracy"} <= set(metrics)
+    assert "test/recon_l1" in metrics and math.isfinite(metrics["test/recon_l1"])  # logged by JointModule.test_step
     assert not any(k.endswith("/fid") for k in metrics)
     with pytest.raises(ValueError, match="every_n_epochs"):
         EditMetricsCallback(every_n_epochs=0)

@@ -8,7 +8,8 @@ from torch.utils.data import DataLoader
 
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.models.generators import ExpressionCoder
-from segexpr.modules.generator import GeneratorModule, generator_region_inputs, image_code_loss
+from segexpr.gan.objectives import image_code_loss
+from segexpr.modules.generator import GeneratorModule, generator_region_inputs
 
 SIZE = 32
 

@@ -11,7 +11,7 @@ from segexpr.models.generators import (
     LocalGenerator,
     create_generator,
 )
-from segexpr.models.regions import soft_regions
+from segexpr.ops.regions import soft_regions
 
 CODE_DIM = 16
 HEIGHT, WIDTH = 40, 56  # odd multiples on purpose: neither is a multiple of 16

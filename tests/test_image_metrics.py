@@ -6,7 +6,7 @@ import torch
 
 from segexpr.data.labels import CLASS_INDEX
 from segexpr.metrics import GroundTruthMetrics, UnwantedChange, expression_area
-from segexpr.models.regions import hard_regions
+from segexpr.ops.regions import hard_regions
 
 
 def _images(b=2, size=32):

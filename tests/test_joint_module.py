@@ -13,8 +13,10 @@ from segexpr.data.synthetic import SyntheticFaces, render
 from segexpr.data.transforms import to_batch_tensors
 from segexpr.losses.gan import adversarial_g_loss
 from segexpr.models.generators import ExpressionCoder
-from segexpr.modules.generator import GeneratorModule, image_code_loss
-from segexpr.modules.joint import JointModule, sample_grid, sample_grid_columns
+from segexpr.gan.objectives import image_code_loss
+from segexpr.models.factory import build_network
+from segexpr.modules.joint import JointModule
+from segexpr.modules.samples import sample_grid, sample_grid_columns
 from tiny import tiny_joint_module
 
 SIZE = 32
@@ -112,9 +114,9 @@ def test_reference_identity_matters_less_than_its_aus():
     """After training the coder's loss, a new identity with the same AUs moves the transfer far less than new AUs."""
     torch.manual_seed(0)
     train = list(DataLoader(SyntheticFaces(size=SIZE, length=256, seed=0, identities=128), batch_size=16, shuffle=True))
-    generator = GeneratorModule(generator_kwargs={"region_source": "none", "base_channels": 8, "n_down": 2, "n_res": 1},
-                                coder_kwargs={"code_dim": 16, "base_channels": 16, "n_down": 3})
-    coder: ExpressionCoder = generator.coder
+    coder: ExpressionCoder = build_network("coder", {"code_dim": 16, "base_channels": 16, "n_down": 3})
+    generator = build_network("generator", {"region_source": "none", "base_channels": 8, "n_down": 2, "n_res": 1,
+                                            "code_dim": 16})
     optimizer = torch.optim.Adam(coder.parameters(), lr=3e-3, betas=(0.5, 0.999))
     for step in range(200):  # the coder's part of the generator step: image_code_loss (readout + AU-code alignment)
         batch = train[step % len(train)]
@@ -122,10 +124,9 @@ def test_reference_identity_matters_less_than_its_aus():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    module = JointModule(segmenter=None, generator=generator, task="transfer", region_source="none", n_critic=1,
-                         ema_decay=None, sample_every_n_steps=0,
-                         discriminator={"image_size": SIZE, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                                     "feature_hidden": 16}})
+    module = JointModule(segmenter=None, generator=generator, coder=coder, task="transfer", region_source="none",
+                         n_critic=1, ema_decay=None, sample_every_n_steps=0, image_size=SIZE,
+                         discriminator={"base_channels": 8, "n_layers": 3, "feature_hidden": 16})
     pairs = list(DataLoader(SyntheticFaces(size=SIZE, length=8, seed=1, identities=4, pairs=True), batch_size=4))
     pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                enable_model_summary=False, limit_val_batches=0).fit(module, loader(pairs))
@@ -237,7 +238,8 @@ def test_paired_edit_loss_adds_the_weighted_ground_truth_l1(pair_batches):
         region_kwargs, _ = module._region_inputs(batch["image"], None, with_grad=False)
         torch.manual_seed(1)
         with torch.no_grad():
-            outs[weight], totals[weight] = module._manipulate_g_losses(
+            # the objective is a plain callable over the networks and the batch (no Trainer needed)
+            outs[weight], totals[weight] = module.objectives.manipulation_loss(
                 batch, targets, region_kwargs, module.coder.from_image(batch["image"]))
     assert "manipulate/paired_l1" not in outs[0.0] and "manipulate/paired_l1" in outs[50.0]
     paired = outs[50.0]["manipulate/paired_l1"]
@@ -363,19 +365,11 @@ model:
     task: manipulate
     region_source: segmenter
     n_critic: 2
-    segmenter:
-      class_path: segexpr.modules.segmenter.SegmenterModule
-      init_args: {{arch: unet, segmenter_kwargs: {{base_channels: 8, depth: 2}}}}
-    generator:
-      class_path: segexpr.modules.generator.GeneratorModule
-      init_args:
-        generator_kwargs: {{base_channels: 8, n_down: 2, n_res: 1, local_channels: 8, local_n_res: 1, crop_size: 16}}
-        coder_kwargs: {{code_dim: 16, base_channels: 8, n_down: 2}}
-    discriminator:
-      class_path: segexpr.modules.discriminator.AUDiscriminatorModule
-      init_args:  # a ready module is not adjusted: its AU-free width must match the generator's (8 * 2**2)
-        image_size: {SIZE}
-        discriminator_kwargs: {{base_channels: 8, n_layers: 3, local_channels: 8, au_free_channels: 32}}
+    image_size: {SIZE}
+    segmenter: {{name: unet, base_channels: 8, depth: 2}}
+    generator: {{base_channels: 8, n_down: 2, n_res: 1, local_channels: 8, local_n_res: 1, crop_size: 16}}
+    coder: {{code_dim: 16, base_channels: 8, n_down: 2}}
+    discriminator: {{base_channels: 8, n_layers: 3, local_channels: 8, au_free_channels: 32}}
 data:
   class_path: segexpr.data.synthetic.SyntheticFacesDataModule
   init_args: {{size: {SIZE}, train_length: 8, val_length: 4, test_length: 4}}
@@ -387,7 +381,7 @@ trainer:
     module = cli.model
     assert isinstance(module, JointModule)
     assert module.hparams.n_critic == 2 and module.segmenter_trainable
-    assert module.hparams.segmenter["class_path"].endswith("SegmenterModule")
+    assert module.hparams.segmenter == {"name": "unet", "base_channels": 8, "depth": 2}
     assert module.generator.region_source == "segmenter" and module.image_size == SIZE
 
 

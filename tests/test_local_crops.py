@@ -1,11 +1,11 @@
-"""Differentiable boxes, crops, pastes and fusion masks (segexpr.models.generators.local)."""
+"""Differentiable boxes, crops, pastes and fusion masks (segexpr.ops.regions)."""
 import math
 
 import pytest
 import torch
 
 from segexpr.data.labels import REGION_LANDMARKS, REGION_NAMES
-from segexpr.models.generators.local import (
+from segexpr.ops.regions import (
     box_masks,
     boxes_from_landmarks,
     boxes_from_masks,

@@ -233,7 +233,7 @@ def test_bad_configuration_raises():
 def test_pretrained_checkpoint_initialises_the_segmenter(tmp_path):
     import pytorch_lightning as pl
 
-    from segexpr.inference import CheckpointError
+    from segexpr.io import CheckpointError
 
     source = SegmenterModule(arch="unet", segmenter_kwargs={"base_channels": 8, "depth": 2})
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_steps=0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segexpr.data.labels import REGION_GROUPS
-from segexpr.models.regions import soft_regions
+from segexpr.ops.regions import soft_regions
 from segexpr.models.segmenters import (BiSeNet, SegmenterOutput, UNet, create_segmenter, list_segmenters)
 from segexpr.models.segmenters.bisenet import RESNET18_FILENAME, resnet18_backbone
 

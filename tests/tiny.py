@@ -5,6 +5,13 @@ from typing import Any
 
 from segexpr.modules.joint import JointModule
 
+#: Network configs of the tiny model (JointModule fills in region_source, code_dim, regions, ...).
+TINY_NETWORKS: dict[str, dict[str, Any]] = {
+    "generator": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8, "local_n_res": 1, "crop_size": 16},
+    "coder": {"code_dim": 16, "base_channels": 8, "n_down": 2},
+    "discriminator": {"base_channels": 8, "n_layers": 3, "local_channels": 8, "local_n_layers": 2, "feature_hidden": 16},
+}
+
 
 def tiny_joint_module(size: int = 32, segmenter: bool = True, segmenter_norm: str | None = None,
                       **kwargs: Any) -> JointModule:
@@ -12,15 +19,8 @@ def tiny_joint_module(size: int = 32, segmenter: bool = True, segmenter_norm: st
     ``sample_every_n_steps`` to 0). ``segmenter_norm`` picks the UNet's normalisation (e.g. ``"group"``)."""
     kwargs.setdefault("n_critic", 1)
     kwargs.setdefault("sample_every_n_steps", 0)
-    seg_kwargs: dict[str, Any] = {"base_channels": 8, "depth": 2}
+    seg: dict[str, Any] = {"name": "unet", "base_channels": 8, "depth": 2}
     if segmenter_norm is not None:
-        seg_kwargs["norm"] = segmenter_norm
-    return JointModule(
-        segmenter={"arch": "unet", "segmenter_kwargs": seg_kwargs} if segmenter else None,
-        generator={"generator_kwargs": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8,
-                                        "local_n_res": 1, "crop_size": 16},
-                   "coder_kwargs": {"code_dim": 16, "base_channels": 8, "n_down": 2}},
-        discriminator={"image_size": size, "discriminator_kwargs": {"base_channels": 8, "n_layers": 3,
-                                                                    "local_channels": 8, "local_n_layers": 2,
-                                                                    "feature_hidden": 16}},
-        **kwargs)
+        seg["norm"] = segmenter_norm
+    return JointModule(segmenter=seg if segmenter else None, image_size=size,
+                       **{k: dict(v) for k, v in TINY_NETWORKS.items()}, **kwargs)

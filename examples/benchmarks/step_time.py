@@ -46,13 +46,13 @@ CONFIGS = ("global", "landmarks", "full", "full-both")
 
 def build(config: str, size: int) -> JointModule:
     """A JointModule at default widths for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate)."""
-    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, discriminator={"image_size": size})
+    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, image_size=size)
     if config == "global":
         return JointModule(segmenter=None, region_source="none", task="manipulate", **common)
     if config == "landmarks":
         return JointModule(segmenter=None, region_source="landmarks", task="manipulate", **common)
     task = "both" if config == "full-both" else "manipulate"
-    return JointModule(segmenter={"arch": "bisenet"}, region_source="segmenter", task=task, **common)
+    return JointModule(segmenter={"name": "bisenet"}, region_source="segmenter", task=task, **common)
 
 
 class FlopCount(TorchDispatchMode):

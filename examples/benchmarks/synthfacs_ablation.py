@@ -17,9 +17,9 @@ SynthFACS paired L1 instead):
 
 (3) and (4) start from the same segmenter weights, so their difference isolates joint training; (5)/(6) use
 the architecture of (4). Before the variants, the script trains (not counted in the variants' budgets) the
-*independent judge* (``segexpr.evaluate.train_recognizer``: an ``AUDiscriminatorModule`` trained alone on real
+*independent judge* (``segexpr.evaluation.train_recognizer``: an ``AUDiscriminatorModule`` trained alone on real
 renders; never the GAN's discriminator) and the segmenter. Every variant is then evaluated with
-``segexpr.evaluate.SynthFACSEditBenchmark`` on held-out identities (the ``test`` split). Two reference rows are
+``segexpr.evaluation.SynthFACSEditBenchmark`` on held-out identities (the ``test`` split). Two reference rows are
 added: "no edit" (the source returned unchanged) and the judge's score on the ground-truth renders.
 
 Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out``, and the command.
@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset
 from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
-from segexpr.evaluate import SynthFACSEditBenchmark, train_recognizer
+from segexpr.evaluation import SynthFACSEditBenchmark, train_recognizer
 from segexpr.modules.joint import JointModule
 from segexpr.modules.segmenter import SegmenterModule
 
@@ -218,13 +218,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any], segmenter: SegmenterModule | None
                   ) -> JointModule:
     _, options = VARIANTS[name]
-    seg = copy.deepcopy(segmenter) if options["region_source"] == "segmenter" else None
-    return JointModule(
-        segmenter=seg,
-        generator={"generator_kwargs": dict(net["generator"]), "coder_kwargs": dict(net["coder"])},
-        discriminator={"image_size": args.size, "discriminator_kwargs": dict(net["discriminator"])},
-        adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99, sample_every_n_steps=0,
-        lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg, **options)
+    uses_segmenter = options["region_source"] == "segmenter"
+    module = JointModule(
+        segmenter={"name": "unet", **net["segmenter"]} if uses_segmenter else None,
+        generator=dict(net["generator"]), coder=dict(net["coder"]), discriminator=dict(net["discriminator"]),
+        image_size=args.size, adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99,
+        sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg, **options)
+    if uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
+        module.segmenter.load_state_dict(segmenter.segmenter.state_dict())
+    return module
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -436,7 +438,7 @@ Not counted in the budgets: the judge ({recognizer_seconds / 60:.1f} min) and th
 shared by (3)-(6) ({segmenter_seconds / 60:.1f} min); (2) gets exact landmarks for free.
 Total run time {(time.time() - start_all) / 60:.1f} min.
 
-Evaluation: `segexpr.evaluate.SynthFACSEditBenchmark`, {args.eval_count} held-out (`test` split) identities,
+Evaluation: `segexpr.evaluation.SynthFACSEditBenchmark`, {args.eval_count} held-out (`test` split) identities,
 each edited to all 8 expressions ({args.eval_count * NUM_EXPRESSIONS} edits) and transferred once.
 Judge: {any_row["judge"] if any_row else "–"}, trained independently of every GAN (never a GAN discriminator);
 its accuracy on the ground-truth renders is the ceiling row. FID/KID: {any_row["features"] if any_row else "–"}

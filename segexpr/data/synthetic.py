@@ -831,8 +831,11 @@ class SyntheticFacesDataModule(FaceDataModule):
                  seed: int = 0, pairs: bool = False, augment: bool = True, identities: int | None = None,
                  batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
                  image_size: int | None = None) -> None:
+        # Record the size the loaders yield (save_hyperparameters reads these locals): loggers merge these
+        # hparams with the model's (JointModule's image_size), and an unresolved None would disagree with it.
+        image_size = size if image_size is None else image_size
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-                         image_size=size if image_size is None else image_size)
+                         image_size=image_size)
         self.save_hyperparameters()
         self.size = _check_size(size)
         for name, value in (("train_length", train_length), ("val_length", val_length), ("test_length", test_length)):

@@ -19,7 +19,7 @@ from torchmetrics import MeanAbsoluteError, Metric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from segexpr.data.labels import REGION_GROUPS
-from segexpr.models.regions import hard_regions
+from segexpr.ops.regions import hard_regions
 
 __all__ = ["GroundTruthMetrics", "UnwantedChange", "expression_area", "check_images", "check_image_pair"]
 
@@ -111,7 +111,7 @@ def expression_area(
 ) -> Tensor:
     """Pixels an expression edit may change, estimated from a parsing mask.
 
-    The union of the expression regions (:func:`segexpr.models.regions.hard_regions`: brows, eyes, nose,
+    The union of the expression regions (:func:`segexpr.ops.regions.hard_regions`: brows, eyes, nose,
     mouth by default), dilated by a square ``(2 * dilation + 1)`` window so that moving contours (a raised
     brow, an opened mouth) stay inside. It is an *approximation*: cheek raise (AU6), chin raise (AU17) and jaw
     drop (AU26) move skin outside every parsing region, so part of a correct edit can fall outside this area

@@ -1,11 +1,9 @@
 """Networks: segmenters, generators, discriminators and region masks. Build them by name with the factories."""
 from segexpr.models.discriminators import AUDiscriminator, FeatureClassifier, GlobalDiscriminator, LocalDiscriminator
 from segexpr.models.generators import ExpressionCoder, HierarchicalGenerator, create_generator
-from segexpr.models.regions import hard_regions, soft_regions
 from segexpr.models.segmenters import BiSeNet, UNet, create_segmenter, list_segmenters
 
 __all__ = [
     "AUDiscriminator", "BiSeNet", "ExpressionCoder", "FeatureClassifier", "GlobalDiscriminator",
-    "HierarchicalGenerator", "LocalDiscriminator", "UNet", "create_generator", "create_segmenter", "hard_regions",
-    "list_segmenters", "soft_regions",
+    "HierarchicalGenerator", "LocalDiscriminator", "UNet", "create_generator", "create_segmenter", "list_segmenters",
 ]

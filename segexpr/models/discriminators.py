@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS, REGION_AUS, REGION_NAMES
-from segexpr.models.generators.local import crop
+from segexpr.ops.regions import crop
 
 LEAKY_SLOPE = 0.01  # StarGAN's critic slope
 
@@ -285,3 +285,19 @@ class AUDiscriminator(nn.Module):
         if au_free is not None:
             out["features"] = self.feature_classifier(au_free)
         return out
+
+
+#: Names accepted by :func:`create_discriminator`.
+DISCRIMINATORS: tuple[str, ...] = ("au",)
+
+
+def create_discriminator(name: str = "au", **kwargs: object) -> AUDiscriminator:
+    """Build a discriminator by name.
+
+    Args:
+        name: ``"au"`` -> :class:`AUDiscriminator` (global critic + local critics + AU-free feature classifier).
+        **kwargs: its constructor arguments (``image_size``, ``base_channels``, ``n_layers``, ``regions``, ...).
+    """
+    if name not in DISCRIMINATORS:
+        raise ValueError(f"unknown discriminator {name!r}; expected one of {DISCRIMINATORS}")
+    return AUDiscriminator(**kwargs)

@@ -23,8 +23,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from segexpr.losses.gan import au_regression_loss, expression_classification_loss
 from segexpr.models.discriminators import AUDiscriminator
-from segexpr.models.generators import boxes_from_landmarks, boxes_from_masks, canonical_boxes
-from segexpr.models.regions import hard_regions
+from segexpr.ops.regions import boxes_from_landmarks, boxes_from_masks, canonical_boxes
+from segexpr.ops.regions import hard_regions
 from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["AUDiscriminatorModule", "real_region_boxes"]

@@ -27,11 +27,12 @@ from segexpr.losses.gan import (
     expression_classification_loss,
     self_reconstruction_loss,
 )
+from segexpr.gan.objectives import image_code_loss
 from segexpr.models.generators import ExpressionCoder, GeneratorOutput, HierarchicalGenerator, create_generator
-from segexpr.models.regions import hard_regions
+from segexpr.ops.regions import hard_regions
 from segexpr.modules.hparams import constructor_arguments
 
-__all__ = ["GeneratorModule", "generator_region_inputs", "image_code_loss"]
+__all__ = ["GeneratorModule", "generator_region_inputs"]
 
 
 def generator_region_inputs(
@@ -53,30 +54,6 @@ def generator_region_inputs(
             raise KeyError("region_source='landmarks' needs batches with 'landmarks' (float [B, 68, 2])")
         return {"region_masks": None, "landmarks": batch["landmarks"]}
     return {"region_masks": None, "landmarks": None}
-
-
-def image_code_loss(coder: ExpressionCoder, code: torch.Tensor, batch: dict[str, Any], au_kind: str = "mse") -> torch.Tensor:
-    """Supervise the image code ``code = coder.from_image(batch["image"])`` with the batch's labels.
-
-    Terms (each only when its label is present):
-
-    * readout: ``au_regression(coder.to_aus(code), aus)`` and ``CE(coder.to_expression_logits(code), expression)``;
-    * alignment: ``MSE(code, coder.from_aus(aus).detach())`` — the image code is pulled onto the code of its
-      own AU vector. The AU code is a function of AUs only, so this is what removes *identity* from the
-      reference code (readout alone would leave identity in the directions the linear heads ignore). The AU
-      code is the detached target so the two cannot collapse together.
-
-    Returns a scalar (0 when the batch has no labels).
-    """
-    terms = []
-    aus, expression = batch.get("aus"), batch.get("expression")
-    if aus is not None:
-        aus = aus.float()
-        terms.append(au_regression_loss(coder.to_aus(code), aus, au_kind))
-        terms.append(torch.nn.functional.mse_loss(code.float(), coder.from_aus(aus).detach().float()))
-    if expression is not None:
-        terms.append(expression_classification_loss(coder.to_expression_logits(code), expression))
-    return torch.stack(terms).sum() if terms else code.new_zeros(())
 
 
 class GeneratorModule(pl.LightningModule):

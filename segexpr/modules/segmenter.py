@@ -41,7 +41,7 @@ from segexpr.losses.segmentation import dice_loss, ohem_cross_entropy
 from segexpr.metrics.parsing import ParsingMetrics
 from segexpr.models.segmenters import Segmenter, create_segmenter, list_segmenters
 from segexpr.visualize import overlay
-from segexpr.modules.hparams import constructor_arguments
+from segexpr.modules.hparams import constructor_arguments, strip_weight_sources
 
 __all__ = ["SegmenterModule", "LOSSES", "OPTIMIZERS"]
 
@@ -77,7 +77,9 @@ class SegmenterModule(pl.LightningModule):
         class_names: names for metric keys; default CelebAMask-HQ order A for 19 classes.
         num_overlays: validation images drawn as overlays once per validation run (0 disables).
         pretrained: a ``SegmenterModule`` checkpoint to initialise the network from (e.g. a parser trained on
-            CelebAMask-HQ, reused by ``JointModule`` on AffectNet); read with ``weights_only=True``.
+            CelebAMask-HQ), or a plain state_dict of the network; read once, with ``weights_only=True``. Saved
+            checkpoints record it under ``segexpr_initialized_from``, not in their hyperparameters, so they
+            load without the file.
 
     Batches: dicts with ``image`` float ``[B, 3, H, W]`` in ``[-1, 1]`` and ``mask`` int64 ``[B, H, W]``
     (``mask`` is not needed for ``predict``). ``forward(images)`` returns logits ``[B, C, H, W]``;
@@ -137,21 +139,16 @@ class SegmenterModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ forward / losses
     def load_segmenter_weights(self, path: str) -> None:
-        """Initialise the network from a ``SegmenterModule`` checkpoint (read with ``weights_only=True``).
+        """Initialise the network from a ``SegmenterModule`` checkpoint or a plain state_dict of the network
+        (read with ``weights_only=True``; mismatched keys or shapes are reported by name). See
+        :func:`segexpr.io.checkpoints.load_segmenter_weights`."""
+        from segexpr.io.checkpoints import load_segmenter_weights
 
-        Only the ``segmenter.*`` weights are taken; optimiser state and hyperparameters of that run are not.
-        The architecture must match (mismatched keys or shapes are reported by name).
-        """
-        from segexpr.inference import CheckpointError, read_checkpoint
+        load_segmenter_weights(self.segmenter, path)
 
-        state = {k[len("segmenter."):]: v for k, v in read_checkpoint(path)["state_dict"].items()
-                 if k.startswith("segmenter.")}
-        if not state:
-            raise CheckpointError(f"{path} holds no 'segmenter.*' weights (is it a SegmenterModule checkpoint?)")
-        try:
-            self.segmenter.load_state_dict(state)
-        except RuntimeError as err:
-            raise CheckpointError(f"{path} does not fit this {self.hparams.arch} segmenter: {err}") from err
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are in the checkpoint: loading it must not need the pretrained files again.
+        strip_weight_sources(checkpoint, ("pretrained",), ("segmenter_kwargs", "pretrained_backbone"))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits float ``[B, C, H, W]`` for images float ``[B, 3, H, W]`` in ``[-1, 1]``."""

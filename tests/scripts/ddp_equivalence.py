@@ -43,13 +43,21 @@ def build_module(**overrides) -> JointModule:
 
 
 class RecordKeys(pl.Callback):
-    """Remember the per-sample keys of every training batch (to check the global batches match)."""
+    """Remember the per-sample keys of every training batch (to check the global batches match), and, at every
+    backward pass, whether the model ran under DDP with its reducer off (read while the wrapper exists)."""
 
     def __init__(self) -> None:
         self.keys: list[list[int]] = []
+        self.reducer_off: list[bool] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.keys.append(batch["sample_seed"].tolist())
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = trainer.strategy.model
+        self.reducer_off.append(isinstance(model, DistributedDataParallel) and not model.require_backward_grad_sync)
 
 
 def main() -> None:
@@ -80,7 +88,7 @@ def main() -> None:
                 "train_batches": module._train_batches,
                 "world_size": trainer.world_size,
                 "batch_keys": recorder.keys,
-                "reducer_off": not getattr(trainer.model, "require_backward_grad_sync", False)},
+                "reducer_off": recorder.reducer_off},
                args.out / f"rank{trainer.global_rank}.pt")
 
 

@@ -8,17 +8,7 @@ from torch import nn
 from segexpr.models.generators.codes import ExpressionCoder
 from segexpr.models.generators.global_generator import FiLMResidualBlock, GlobalGenerator, GlobalOutput
 from segexpr.models.generators.hierarchical import REGION_SOURCES, GeneratorOutput, HierarchicalGenerator
-from segexpr.models.generators.local import (
-    CANONICAL_REGION_BOXES,
-    LocalGenerator,
-    box_masks,
-    boxes_from_landmarks,
-    boxes_from_masks,
-    canonical_boxes,
-    crop,
-    feather_masks,
-    paste,
-)
+from segexpr.models.generators.local import LocalGenerator
 
 GENERATORS: tuple[str, ...] = ("hierarchical", "global")
 
@@ -44,8 +34,6 @@ def create_generator(name: str = "hierarchical", **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "CANONICAL_REGION_BOXES", "ExpressionCoder", "FiLMResidualBlock", "GENERATORS", "GeneratorOutput",
-    "GlobalGenerator", "GlobalOutput", "HierarchicalGenerator", "LocalGenerator", "REGION_SOURCES", "box_masks",
-    "boxes_from_landmarks", "boxes_from_masks", "canonical_boxes", "create_generator", "crop", "feather_masks",
-    "paste",
+    "ExpressionCoder", "FiLMResidualBlock", "GENERATORS", "GeneratorOutput", "GlobalGenerator", "GlobalOutput",
+    "HierarchicalGenerator", "LocalGenerator", "REGION_SOURCES", "create_generator",
 ]

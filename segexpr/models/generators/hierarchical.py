@@ -9,8 +9,8 @@ from torch import nn
 
 from segexpr.data.labels import REGION_NAMES
 from segexpr.models.generators.global_generator import GlobalGenerator
-from segexpr.models.generators.local import (
-    LocalGenerator,
+from segexpr.models.generators.local import LocalGenerator
+from segexpr.ops.regions import (
     box_masks,
     boxes_from_landmarks,
     boxes_from_masks,

@@ -13,9 +13,11 @@ from typing import Sequence
 #: subcommand -> "module:function" taking ``argv`` (the arguments after the subcommand).
 EXTRA_COMMANDS = {
     "export-synthetic": "segexpr.data.export:main",
-    "edit": "segexpr.inference:edit_main",
-    "transfer": "segexpr.inference:transfer_main",
-    "evaluate": "segexpr.evaluate:main",
+    "edit": "segexpr.cli.edit:edit_main",
+    "transfer": "segexpr.cli.edit:transfer_main",
+    "evaluate": "segexpr.cli.evaluate:main",
+    "demo": "segexpr.demo:main",
+    "upgrade-checkpoint": "segexpr.cli.upgrade:main",
 }
 
 

@@ -40,46 +40,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["all_reduce_gradients", "broadcast_buffers", "disable_reducer", "distributed_world_size", "keyed_uniform"]
-
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``(x * c) mod 2**32`` for int64 ``x`` in ``[0, 2**32)`` without int64 overflow (16-bit halves)."""
-    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _M32
-
-
-def _hash32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer mixer ("lowbias32", C. Wellons) on int64 tensors holding values in ``[0, 2**32)``."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def keyed_uniform(keys: torch.Tensor, *counters: int) -> torch.Tensor:
-    """Uniform ``[0, 1)`` float32 numbers, one per key, that are a pure function of ``(key, *counters)``.
-
-    A counter-based generator: each sample's number depends only on its own key (e.g. the dataset's
-    ``sample_seed``) and the counters (e.g. training batch index and a purpose id), never on global RNG state,
-    on the rank the sample landed on or on its position in the batch. That is what makes a DDP run draw the same
-    random targets as a single-process run over the same global batch, and a resumed run the same as an
-    uninterrupted one, without saving RNG states. Runs on the keys' device (integer ops only).
-
-    Args:
-        keys: int64 tensor (any shape; negative keys are fine, all 64 bits are used).
-        counters: non-negative Python ints mixed in one after another.
-    """
-    keys = keys.to(torch.int64)
-    h = _hash32(keys & _M32)
-    h = _hash32(h ^ ((keys >> 32) & _M32))
-    for index, counter in enumerate(counters):
-        # the additive constant keeps 0 from being a fixed point and separates counter positions
-        h = _hash32(((h + 0x9E3779B9 * (index + 1)) & _M32) ^ (int(counter) & _M32))
-    return (h >> 8).to(torch.float32) * (1.0 / (1 << 24))
-
+__all__ = ["all_reduce_gradients", "broadcast_buffers", "check_finite", "disable_reducer", "distributed_world_size", "gan_optimizers",
+           "optimizer_step"]
 
 def distributed_world_size() -> int:
     """Size of the default process group, or 1 when ``torch.distributed`` is not initialised."""
@@ -173,3 +135,47 @@ def broadcast_buffers(module: nn.Module, src: int = 0, group: object | None = No
     for b in buffers:
         b.copy_(flat[offset:offset + b.numel()].view_as(b).to(b.dtype))
         offset += b.numel()
+
+
+def optimizer_step(optimizer, world_size: int) -> None:
+    """Average this optimiser's gradients over DDP ranks (one collective when ``world_size > 1``), then step it.
+
+    ``optimizer`` is what ``LightningModule.optimizers()`` returns (Lightning's wrapper handles precision
+    plugins: under a 16-mixed ``GradScaler`` the gradients are still scaled here, which averaging does not mind;
+    the wrapper's ``step()`` unscales and skips non-finite steps on every rank alike).
+    """
+    if world_size > 1:
+        all_reduce_gradients(optimizer)
+    optimizer.step()
+
+
+def gan_optimizers(discriminator: nn.Module, generator: nn.Module, coder: nn.Module, segmenter: nn.Module | None,
+                   transfer: bool, lr: float, betas: tuple[float, float], segmenter_lr: float | None = None,
+                   feature_classifier_lr: float | None = None) -> dict[str, torch.optim.Optimizer]:
+    """Adam optimisers of the GAN, in stepping order.
+
+    ``discriminator`` (global + local critics); ``feature_classifier`` (only when ``transfer``); ``generator``
+    (generator + coder, plus ``segmenter`` as a second parameter group with ``segmenter_lr`` when it is trained
+    jointly). The segmenter is a group of the generator optimiser rather than a fourth optimiser because
+    ``toggle_optimizer`` enables exactly one optimiser's parameters: a separate segmenter optimiser would be
+    frozen during the generator step, cutting the GAN -> segmenter gradient path.
+    """
+    d_params = list(discriminator.global_d.parameters()) + list(discriminator.local_d.parameters())
+    optimizers = {"discriminator": torch.optim.Adam(d_params, lr=lr, betas=betas)}
+    if transfer:
+        optimizers["feature_classifier"] = torch.optim.Adam(discriminator.feature_classifier.parameters(),
+                                                            lr=feature_classifier_lr or lr, betas=betas)
+    groups = [{"params": list(generator.parameters()) + list(coder.parameters())}]
+    if segmenter is not None:
+        groups.append({"params": list(segmenter.parameters()), "lr": segmenter_lr or lr})
+    optimizers["generator"] = torch.optim.Adam(groups, lr=lr, betas=betas)
+    return optimizers
+
+
+def check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, which: str, where: str) -> None:
+    """Raise ``FloatingPointError`` naming the non-finite terms of a ``which`` loss (before its backward)."""
+    if bool(torch.isfinite(total)):
+        return
+    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
+    raise FloatingPointError(f"JointModule: non-finite {which} loss ({', '.join(bad) or 'total'}) at {where}: "
+                             f"{ {k: float(v.detach()) for k, v in terms.items()} }")

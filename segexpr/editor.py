@@ -1,0 +1,250 @@
+"""``ExpressionEditor``: the inference API -- edit by label or AU vector, transfer from a reference, regions.
+
+One small class used by ``JointModule.edit``/``transfer``/``regions``, the ``segexpr edit``/``transfer``
+commands, evaluation and the demo. It holds the networks (no optimisers, no Lightning) and works at any input
+size: images are resized to the model's ``image_size``, edited, and only the *change* is upsampled back onto
+the full-resolution input, so unedited detail is kept.
+
+>>> editor = ExpressionEditor.from_checkpoint("last.ckpt")              # doctest: +SKIP
+>>> happy = editor.edit(images, expression="happy")                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segexpr.data.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, REGION_GROUPS
+from segexpr.ops.regions import box_masks, region_inputs, soft_regions
+
+__all__ = ["ExpressionEditor", "as_expression_labels"]
+
+
+def as_expression_labels(expression: int | str | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """An expression given as index, name or int tensor -> int64 ``[batch]`` labels in ``[0, 8)``."""
+    if isinstance(expression, str):
+        if expression not in EXPRESSIONS:
+            raise ValueError(f"unknown expression {expression!r}; expected one of {EXPRESSIONS}")
+        expression = EXPRESSIONS.index(expression)
+    if isinstance(expression, torch.Tensor):
+        labels = expression.to(device=device, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch)
+        if labels.numel() != batch:
+            raise ValueError(f"expression tensor has {labels.numel()} labels for a batch of {batch}")
+    else:
+        labels = torch.full((batch,), int(expression), dtype=torch.long, device=device)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= NUM_EXPRESSIONS):
+        raise ValueError(f"expression labels must be in [0, {NUM_EXPRESSIONS}), got {labels.tolist()}")
+    return labels
+
+
+@contextlib.contextmanager
+def _eval_mode(*networks: nn.Module | None) -> Iterator[None]:
+    """Eval mode and no gradients for ``networks``; their previous train/eval modes are restored."""
+    present = [n for n in networks if n is not None]
+    modes = [n.training for n in present]
+    for network in present:
+        network.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for network, mode in zip(present, modes):
+            network.train(mode)
+
+
+class ExpressionEditor:
+    """Edit expressions with a trained generator + coder (+ segmenter for segmentation-conditioned regions).
+
+    Args:
+        generator: a :class:`~segexpr.models.generators.HierarchicalGenerator`.
+        coder: its :class:`~segexpr.models.generators.ExpressionCoder`.
+        image_size: the square size the model was trained at; inputs are resized to it.
+        segmenter: parsing network (logits ``[B, 19, H, W]``, order A); needed for ``region_source="segmenter"``.
+        region_groups: region name -> parsing classes (default: the generator's regions in ``REGION_GROUPS``).
+    """
+
+    def __init__(self, generator: nn.Module, coder: nn.Module, *, image_size: int, segmenter: nn.Module | None = None,
+                 region_groups: Mapping[str, Any] | None = None) -> None:
+        self.generator, self.coder, self.segmenter = generator, coder, segmenter
+        self.image_size = int(image_size)
+        self.region_source = generator.region_source
+        if self.region_source == "segmenter" and segmenter is None:
+            raise ValueError("region_source='segmenter' needs a segmenter")
+        self.region_groups = dict(region_groups) if region_groups is not None else {
+            r: REGION_GROUPS[r] for r in generator.regions if r in REGION_GROUPS}
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> "ExpressionEditor":
+        """The editor of a :class:`~segexpr.modules.JointModule` (its EMA weights once they hold an average)."""
+        generator, coder = module.eval_networks()
+        return cls(generator, coder, image_size=module.image_size, segmenter=module.segmenter,
+                   region_groups=module.region_groups)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> "ExpressionEditor":
+        """The editor of a JointModule checkpoint, read safely (``weights_only=True``), on ``device``.
+
+        Builds only the networks inference needs (no LightningModule, no optimiser state); the generator and
+        coder take the EMA weights when the checkpoint's EMA holds an average. segexpr 0.1 checkpoints are
+        upgraded in memory. Errors name the file.
+        """
+        from segexpr.io.checkpoints import (CheckpointError, is_legacy_joint_hparams, read_checkpoint,
+                                            upgrade_joint_hparams)  # I/O at the edge: imported on use
+        from segexpr.modules.joint_setup import build_joint_networks
+
+        ckpt = read_checkpoint(path)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams = upgrade_joint_hparams(hparams) if is_legacy_joint_hparams(hparams) else hparams
+        if "region_source" not in hparams or "generator" not in hparams:
+            raise CheckpointError(f"{path} does not hold a JointModule (hyperparameters {sorted(hparams)[:8]})")
+        args = {"segmenter": None, "coder": None, "discriminator": None, "image_size": 128, "segmenter_weights": None}
+        args.update({k: hparams[k] for k in ("segmenter", "generator", "coder", "discriminator", "region_source",
+                                             "image_size") if k in hparams})
+        try:
+            nets = build_joint_networks(args)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: hyperparameters do not describe a JointModule: {err}") from err
+        state = ckpt["state_dict"]
+        averaged = state.get("ema.averaged.n_averaged")
+        ema = averaged is not None and int(averaged) > 0
+        for name in ("segmenter", "generator", "coder"):
+            if nets[name] is None:
+                continue
+            prefix = f"ema.averaged.module.{name}." if ema and name != "segmenter" else f"{name}."
+            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            try:
+                nets[name].load_state_dict(weights)
+            except RuntimeError as err:
+                raise CheckpointError(f"{path}: the {name} weights do not fit its config: {err}") from err
+        editor = cls(nets["generator"], nets["coder"], image_size=int(args["image_size"]), segmenter=nets["segmenter"])
+        for network in (editor.generator, editor.coder, editor.segmenter):
+            if network is not None:
+                network.to(device).eval()
+        return editor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        """Names of the ``R`` channels of :meth:`regions` (empty for ``region_source="none"``)."""
+        return tuple(self.generator.regions) if self.region_source != "none" else ()
+
+    # ------------------------------------------------------------------ resizing
+    def _prepare(self, images: torch.Tensor, landmarks: torch.Tensor | None, name: str = "images"
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Resize to ``image_size`` (and scale landmarks accordingly)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"{name} must be a float tensor [B, 3, H, W] in [-1, 1], got "
+                             f"{getattr(images, 'shape', type(images).__name__)}")
+        device, size = self.device, self.image_size
+        images = images.to(device=device, dtype=torch.float32)
+        height, width = images.shape[-2:]
+        if landmarks is not None:
+            landmarks = landmarks.to(device=device, dtype=torch.float32)
+            if landmarks.dim() == 2:
+                landmarks = landmarks.unsqueeze(0).expand(images.shape[0], -1, -1)
+            landmarks = landmarks * torch.tensor([size / width, size / height], device=device)
+        if (height, width) != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return images, landmarks
+
+    @staticmethod
+    def _restore(original: torch.Tensor, small_in: torch.Tensor, small_out: torch.Tensor) -> torch.Tensor:
+        """Back to the input size: add the upsampled *change* to the full-resolution input (keeps its detail)."""
+        if original.shape[-2:] == small_out.shape[-2:]:
+            return small_out.clamp(-1, 1)
+        delta = F.interpolate(small_out - small_in, size=original.shape[-2:], mode="bilinear", align_corners=False)
+        return (original.to(small_out) + delta).clamp(-1, 1)
+
+    def region_kwargs(self, images: torch.Tensor, landmarks: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
+        """The generator's ``region_masks``/``landmarks`` arguments for images already at ``image_size``."""
+        logits = self.segmenter(images) if self.region_source == "segmenter" else None
+        return region_inputs(self.region_source, images, logits=logits, landmarks=landmarks, groups=self.region_groups)
+
+    def _generate(self, images: torch.Tensor, code_fn: Callable[[nn.Module], torch.Tensor],
+                  landmarks: torch.Tensor | None) -> torch.Tensor:
+        with _eval_mode(self.generator, self.coder, self.segmenter):
+            small, small_landmarks = self._prepare(images, landmarks)
+            out = self.generator(small, code_fn(self.coder), **self.region_kwargs(small, small_landmarks)).image
+            return self._restore(images.to(self.device, torch.float32), small, out)
+
+    # ------------------------------------------------------------------ the API
+    def edit(self, images: torch.Tensor, expression: int | str | torch.Tensor | None = None,
+             aus: torch.Tensor | None = None, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """Set the expression of ``images`` by label or AU vector.
+
+        Args:
+            images: float ``[B, 3, H, W]`` in ``[-1, 1]``, any size (processed at ``image_size``; the change is
+                upsampled onto the original, so unedited detail is kept).
+            expression: an index in ``[0, 8)``, a name from :data:`segexpr.data.labels.EXPRESSIONS`, or an int64
+                tensor ``[B]``. Exactly one of ``expression`` / ``aus``.
+            aus: float ``[B, 17]`` or ``[17]`` AU intensities (trained range ``[0, 1]``).
+            landmarks: float ``[B, 68, 2]`` pixel coordinates of ``images``; required for
+                ``region_source="landmarks"`` only.
+
+        Returns:
+            float ``[B, 3, H, W]`` in ``[-1, 1]``; eval mode without gradients, previous modes restored.
+        """
+        if (expression is None) == (aus is None):
+            raise ValueError("edit needs exactly one of expression= or aus=")
+        batch = images.shape[0]
+        if expression is not None:
+            labels = as_expression_labels(expression, batch, self.device)
+            return self._generate(images, lambda coder: coder.from_label(labels), landmarks)
+        aus_t = torch.as_tensor(aus, dtype=torch.float32, device=self.device)
+        aus_t = aus_t.unsqueeze(0).expand(batch, -1) if aus_t.dim() == 1 else aus_t
+        if tuple(aus_t.shape) != (batch, NUM_AUS):
+            raise ValueError(f"aus must be [{NUM_AUS}] or [{batch}, {NUM_AUS}], got {tuple(aus_t.shape)}")
+        return self._generate(images, lambda coder: coder.from_aus(aus_t), landmarks)
+
+    def transfer(self, images: torch.Tensor, references: torch.Tensor, landmarks: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Copy the expression of ``references`` onto ``images`` (A's AU-free feature + B's AU-related code).
+
+        Args:
+            images: float ``[B, 3, H, W]`` in ``[-1, 1]``, any size.
+            references: float ``[B, 3, H', W']`` in ``[-1, 1]`` (or ``[1, 3, H', W']``, broadcast), any size.
+            landmarks: landmarks of ``images`` for ``region_source="landmarks"``.
+
+        Returns:
+            float ``[B, 3, H, W]`` in ``[-1, 1]`` (eval mode, no gradients).
+        """
+        refs, _ = self._prepare(references, None, "references")
+        if refs.shape[0] == 1 and images.shape[0] > 1:
+            refs = refs.expand(images.shape[0], -1, -1, -1)
+        if refs.shape[0] != images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images but {refs.shape[0]} references")
+        return self._generate(images, lambda coder: coder.from_image(refs), landmarks)
+
+    def regions(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """The region masks the generator uses, float ``[B, R, H, W]`` in ``[0, 1]`` at the input size.
+
+        * ``"segmenter"``: the soft masks ``soft_regions(segmenter(images))`` that the crop boxes come from.
+        * ``"landmarks"``: the soft box masks the generator fuses with; requires ``landmarks`` ``[B, 68, 2]``.
+        * ``"none"``: an empty tensor ``[B, 0, H, W]`` (global generator only).
+
+        Channel order is :attr:`region_names`. Eval mode, no gradients.
+        """
+        height, width = images.shape[-2:]
+        with _eval_mode(self.generator, self.segmenter):
+            small, small_landmarks = self._prepare(images, landmarks)
+            if self.region_source == "none":
+                return small.new_zeros(images.shape[0], 0, height, width)
+            if self.region_source == "segmenter":
+                masks = soft_regions(self.segmenter(small), self.region_groups)
+            else:
+                if small_landmarks is None:
+                    raise ValueError("region_source='landmarks': regions() needs landmarks [B, 68, 2]")
+                boxes = self.generator.region_boxes(tuple(small.shape[-2:]), landmarks=small_landmarks)
+                masks = box_masks(boxes, tuple(small.shape[-2:]), self.generator.box_feather)[:, :, 0]
+            if masks.shape[-2:] != (height, width):
+                masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
+            return masks.clamp(0, 1)

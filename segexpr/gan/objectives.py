@@ -1,0 +1,292 @@
+"""The GAN's objectives as plain callables over the networks and a batch: named terms and a weighted total.
+
+:class:`GANObjectives` holds references to the networks (it owns none) and the loss settings; each method
+returns :class:`Terms` (a dict of named scalar terms and their weighted total) and can be called without a
+LightningModule, a Trainer or an optimiser. ``JointModule`` decides *when* each objective runs and which
+optimiser steps on it (the schedule); this module decides *what* is computed.
+
+* :meth:`GANObjectives.discriminator_loss` -- critics on real vs fake (+ gradient penalty), expression/AU heads on
+  real images, the local critics on region crops.
+* :meth:`GANObjectives.manipulation_loss` -- StarGAN/GANimation-style edits to label or AU targets, with the cycle
+  back to the source code, attention regularisation and the code-readout term.
+* :meth:`GANObjectives.transfer_loss` -- the transfer paper's swap: self-reconstruction, swap, swap-back cycle,
+  swap-consistency statistics and the multi-class adversarial encoder term.
+* :meth:`GANObjectives.feature_classifier_loss` -- the AU-free feature classifier on detached features.
+* :func:`image_code_loss` -- supervises the image code with the batch's labels (readout + alignment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segexpr.losses.gan import (
+    adversarial_d_loss,
+    adversarial_g_loss,
+    attention_regularization,
+    au_regression_loss,
+    cycle_loss,
+    expression_classification_loss,
+    gradient_penalty,
+    multiclass_adversarial_classifier_loss,
+    multiclass_adversarial_encoder_loss,
+    self_reconstruction_loss,
+    statistics_matching_loss,
+)
+from segexpr.gan.targets import DRAW_GP, target_codes
+from segexpr.ops.regions import crop
+
+__all__ = ["GANObjectives", "LossWeights", "Terms", "image_code_loss"]
+
+#: ``(fake, landmarks) -> generator region keyword arguments`` for a generated image (re-parse or reuse).
+RegionsOf = Callable[[torch.Tensor, "torch.Tensor | None"], Mapping[str, Any]]
+#: ``purpose -> per-sample GP interpolation weights [B] or None`` (None: torch.rand).
+GPAlpha = Callable[[int], "torch.Tensor | None"]
+
+
+class Terms(NamedTuple):
+    """Named scalar terms (for logging) and the weighted ``total`` to back-propagate."""
+
+    terms: dict[str, torch.Tensor]
+    total: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The ``lambda_*`` weights (see ``docs/training.md``); field ``x`` is ``lambda_x``."""
+
+    gp: float = 10.0
+    cls: float = 1.0
+    au: float = 1.0
+    cyc: float = 10.0
+    rec: float = 10.0
+    swap: float = 1.0
+    attn_mean: float = 0.1
+    attn_tv: float = 1e-5
+    mcadv: float = 1.0
+    local: float = 1.0
+    code: float = 1.0
+    paired: float = 0.0
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> "LossWeights":
+        """Pick ``lambda_<field>`` entries of a hyperparameter mapping (missing ones keep their defaults)."""
+        return cls(**{f.name: float(hparams[f"lambda_{f.name}"]) for f in fields(cls) if f"lambda_{f.name}" in hparams})
+
+
+def image_code_loss(coder: nn.Module, code: torch.Tensor, batch: Mapping[str, Any], au_kind: str = "mse"
+                    ) -> torch.Tensor:
+    """Supervise the image code ``code = coder.from_image(batch["image"])`` with the batch's labels.
+
+    Terms (each only when its label is present):
+
+    * readout: ``au_regression(coder.to_aus(code), aus)`` and ``CE(coder.to_expression_logits(code), expression)``;
+    * alignment: ``MSE(code, coder.from_aus(aus).detach())`` -- the image code is pulled onto the code of its
+      own AU vector. The AU code is a function of AUs only, so this is what removes *identity* from the
+      reference code (readout alone would leave identity in the directions the linear heads ignore). The AU
+      code is the detached target so the two cannot collapse together.
+
+    Returns a scalar (0 when the batch has no labels).
+    """
+    terms = []
+    aus, expression = batch.get("aus"), batch.get("expression")
+    if aus is not None:
+        aus = aus.float()
+        terms.append(au_regression_loss(coder.to_aus(code), aus, au_kind))
+        terms.append(F.mse_loss(code.float(), coder.from_aus(aus).detach().float()))
+    if expression is not None:
+        terms.append(expression_classification_loss(coder.to_expression_logits(code), expression))
+    return torch.stack(terms).sum() if terms else code.new_zeros(())
+
+
+class GANObjectives:
+    """Discriminator, manipulation, transfer and feature-classifier objectives over shared networks.
+
+    Args:
+        generator: a :class:`~segexpr.models.generators.HierarchicalGenerator` (its outputs carry ``boxes``,
+            ``attention``, ``au_free``).
+        coder: an :class:`~segexpr.models.generators.ExpressionCoder`.
+        discriminator: an :class:`~segexpr.models.discriminators.AUDiscriminator`.
+        region_names: regions judged by the local critics (empty: no local critics).
+        weights: the loss weights.
+        adv_loss: ``"wgan-gp"``, ``"hinge"`` or ``"nonsaturating"``; au_loss: ``"mse"`` or ``"l1"``.
+        regions_of: region keyword arguments of the generator for a *generated* image (the cycle and swap-back
+            pass); JointModule re-parses the fake with the segmenter, or reuses the source's landmarks.
+    """
+
+    def __init__(self, generator: nn.Module, coder: nn.Module, discriminator: nn.Module,
+                 region_names: Sequence[str], weights: LossWeights, adv_loss: str, au_loss: str,
+                 regions_of: RegionsOf) -> None:
+        self.generator, self.coder, self.discriminator = generator, coder, discriminator
+        self.region_names = tuple(region_names)
+        self.weights, self.adv_loss, self.au_loss = weights, adv_loss, au_loss
+        self.regions_of = regions_of
+
+    # ------------------------------------------------------------------ shared pieces
+    def local_crops(self, images: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor | None:
+        """Region crops ``[B, R, 3, c, c]`` for the local critics, or ``None`` without boxes/regions."""
+        if boxes is None or not self.region_names:
+            return None
+        return crop(images, boxes, self.discriminator.crop_size)
+
+    def _adv_and_gp(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, real_scores: torch.Tensor,
+                    gp_alpha: GPAlpha, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
+        adv = adversarial_d_loss(self.adv_loss, real_scores, critic(fake)["adv"])
+        if self.adv_loss == "wgan-gp" and self.weights.gp > 0:
+            return adv, gradient_penalty(critic, real, fake, weight=1.0, alpha=gp_alpha(purpose))
+        return adv, real.new_zeros(())
+
+    def _judge_fake(self, fake: Any, aus_target: torch.Tensor | None, expression_target: torch.Tensor | None,
+                    expression_valid: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Generator-side adversarial + classification terms of one set of fakes, and the global D outputs."""
+        d = self.discriminator
+        zero = fake.image.new_zeros(())
+        out = d.global_d(fake.image)
+        terms = {"adv": adversarial_g_loss(self.adv_loss, out["adv"]), "cls": zero, "au": zero,
+                 "local_adv": zero, "local_au": zero}
+        if expression_target is not None:
+            valid = expression_valid if expression_valid is not None else torch.ones_like(expression_target, dtype=torch.bool)
+            if bool(valid.any()):
+                terms["cls"] = expression_classification_loss(out["expression"][valid], expression_target[valid])
+        if aus_target is not None:
+            terms["au"] = au_regression_loss(out["aus"], aus_target, self.au_loss)
+        crops = self.local_crops(fake.image, fake.boxes)
+        if crops is not None:
+            region_targets = d.region_targets(aus_target) if aus_target is not None else None
+            count = len(self.region_names)
+            for index, region in enumerate(self.region_names):
+                local = d.local_d[region](crops[:, index])
+                terms["local_adv"] = terms["local_adv"] + adversarial_g_loss(self.adv_loss, local["adv"]) / count
+                if region_targets is not None:
+                    terms["local_au"] = terms["local_au"] + au_regression_loss(
+                        local["aus"], region_targets[region], self.au_loss) / count
+        return terms, out
+
+    def _judged_total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights
+        return (terms["adv"] + w.cls * terms["cls"] + w.au * terms["au"]
+                + w.local * (terms["local_adv"] + w.au * terms["local_au"]))
+
+    def attention_loss(self, *outputs: Any) -> torch.Tensor:
+        """GANimation's attention regulariser (mean + TV) averaged over generator outputs, global and local."""
+        w = self.weights
+        total = outputs[0].image.new_zeros(())
+        for out in outputs:
+            total = total + attention_regularization(out.attention, w.attn_mean, w.attn_tv)
+            if out.local_crop_attention.shape[1]:
+                total = total + attention_regularization(out.local_crop_attention.flatten(0, 1), w.attn_mean, w.attn_tv)
+        return total / len(outputs)
+
+    # ------------------------------------------------------------------ objectives
+    def discriminator_loss(self, batch: Mapping[str, Any], fakes: Sequence[torch.Tensor], boxes: torch.Tensor | None,
+                      gp_alpha: GPAlpha = lambda purpose: None) -> Terms:
+        """Critic terms on ``batch["image"]`` vs each of ``fakes`` (detached images), heads on real images."""
+        w = self.weights
+        images = batch["image"]
+        zero = images.new_zeros(())
+        d = self.discriminator
+        real_out = d.global_d(images)
+        adv, gp = zero, zero
+        for k, fake in enumerate(fakes):
+            a, g = self._adv_and_gp(d.global_d, images, fake, real_out["adv"], gp_alpha, DRAW_GP + k)
+            adv, gp = adv + a / len(fakes), gp + g / len(fakes)
+        cls = (expression_classification_loss(real_out["expression"], batch["expression"])
+               if batch.get("expression") is not None else zero)
+        au = au_regression_loss(real_out["aus"], batch["aus"].float(), self.au_loss) if batch.get("aus") is not None else zero
+        local_adv, local_gp, local_au = zero, zero, zero
+        real_crops = self.local_crops(images, boxes)
+        if real_crops is not None:
+            region_targets = d.region_targets(batch["aus"].float()) if batch.get("aus") is not None else None
+            fake_crops = [self.local_crops(fake, boxes) for fake in fakes]
+            share = len(fakes) * len(self.region_names)
+            for index, region in enumerate(self.region_names):
+                critic, real_region = d.local_d[region], real_crops[:, index]
+                out = critic(real_region)
+                for k, crops in enumerate(fake_crops):
+                    a, g = self._adv_and_gp(critic, real_region, crops[:, index], out["adv"], gp_alpha,
+                                            DRAW_GP + 10 * (index + 1) + k)
+                    local_adv, local_gp = local_adv + a / share, local_gp + g / share
+                if region_targets is not None:
+                    local_au = local_au + au_regression_loss(out["aus"], region_targets[region],
+                                                             self.au_loss) / len(self.region_names)
+        terms = {"adv": adv, "gp": gp, "cls": cls, "au": au, "local_adv": local_adv, "local_gp": local_gp,
+                 "local_au": local_au}
+        total = (adv + w.gp * gp + w.cls * cls + w.au * au
+                 + w.local * (local_adv + w.gp * local_gp + w.au * local_au))
+        return Terms(terms, total)
+
+    def feature_classifier_loss(self, batch: Mapping[str, Any], au_free: torch.Tensor) -> torch.Tensor:
+        """Multi-class adversarial classifier loss: expression/AUs from the *detached* AU-free feature."""
+        return multiclass_adversarial_classifier_loss(
+            self.discriminator.feature_classifier(au_free.detach()), batch.get("expression"),
+            batch["aus"].float() if batch.get("aus") is not None else None, self.au_loss)
+
+    def manipulation_loss(self, batch: Mapping[str, Any], targets: Mapping[str, torch.Tensor],
+                     region_kwargs: Mapping[str, Any], code_source: torch.Tensor) -> Terms:
+        """Edit to the sampled targets (:func:`~segexpr.gan.targets.sample_manipulation_targets`), cycle back.
+
+        Terms are prefixed ``manipulate/``; ``edit_l1_gt`` (a diagnostic, not in the total) is the L1 to the
+        data's answer where known, which becomes ``manipulate/paired_l1`` in the total with ``paired > 0``.
+        """
+        w = self.weights
+        images = batch["image"]
+        code_target = target_codes(self.coder, targets)
+        fake = self.generator(images, code_target, **region_kwargs)
+        terms, _ = self._judge_fake(fake, targets["aus"], targets["expression"], targets["expression_valid"])
+        reconstructed = self.generator(fake.image, code_source, **self.regions_of(fake.image, batch.get("landmarks")))
+        terms["cycle_l1"] = cycle_loss(reconstructed.image, images)
+        terms["attention"] = self.attention_loss(fake, reconstructed)
+        # The target codes must read back as their targets, so label/AU codes stay readable as AUs.
+        terms["code"] = au_regression_loss(self.coder.to_aus(code_target), targets["aus"], self.au_loss)
+        total = (self._judged_total(terms) + w.cyc * terms["cycle_l1"] + terms["attention"]
+                 + w.code * terms["code"])
+        out = {f"manipulate/{k}": v for k, v in terms.items()}
+        valid = targets.get("truth_valid")
+        if valid is not None and bool(valid.any()):
+            paired = F.l1_loss(fake.image[valid].float(), targets["truth"][valid].float())
+            out["edit_l1_gt"] = paired.detach()
+            if w.paired > 0:
+                out["manipulate/paired_l1"] = paired
+                total = total + w.paired * paired
+        return Terms(out, total)
+
+    def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor) -> Terms:
+        """Swap the reference's code in: self-reconstruction, swap, swap-back, swap consistency, mc-adversarial.
+
+        Terms are prefixed ``transfer/``; ``transfer_l1_gt`` is a diagnostic against ``transfer_target``.
+        """
+        w = self.weights
+        images, references = batch["image"], batch["reference_image"]
+        code_reference = self.coder.from_image(references)
+        self_rec = self.generator(images, code_source, **region_kwargs)
+        swapped = self.generator(images, code_reference, **region_kwargs)
+        ref_aus = batch.get("reference_aus")
+        terms, swapped_d = self._judge_fake(swapped, ref_aus.float() if ref_aus is not None else None,
+                                            batch.get("reference_expression"), None)
+        with torch.no_grad():
+            self_d = self.discriminator.global_d(self_rec.image)
+        swap_back = self.generator(swapped.image, code_source,
+                                   **self.regions_of(swapped.image, batch.get("landmarks")))
+        terms["recon_l1"] = self_reconstruction_loss(self_rec.image, images)
+        # Swap consistency (a): D's outputs on swaps match their statistics on self-reconstructions.
+        terms["swap_stats"] = statistics_matching_loss(
+            {"adv": swapped_d["adv"], "expression": swapped_d["expression"].softmax(1), "aus": swapped_d["aus"]},
+            {"adv": self_d["adv"], "expression": self_d["expression"].softmax(1), "aus": self_d["aus"]})
+        # Swap consistency (b): the swap-back cycle.
+        terms["swap_cycle_l1"] = cycle_loss(swap_back.image, images)
+        terms["attention"] = self.attention_loss(self_rec, swapped, swap_back)
+        # Multi-class adversarial: the encoder makes the AU-free feature uninformative to the (frozen) classifier.
+        terms["mcadv_encoder"] = multiclass_adversarial_encoder_loss(self.discriminator.feature_classifier(self_rec.au_free))
+        total = (self._judged_total(terms) + w.rec * terms["recon_l1"] + w.swap * terms["swap_stats"]
+                 + w.cyc * terms["swap_cycle_l1"] + terms["attention"] + w.mcadv * terms["mcadv_encoder"])
+        out = {f"transfer/{k}": v for k, v in terms.items()}
+        if batch.get("transfer_target") is not None:
+            paired = F.l1_loss(swapped.image.float(), batch["transfer_target"].float())
+            out["transfer_l1_gt"] = paired.detach()
+            if w.paired > 0:
+                out["transfer/paired_l1"] = paired
+                total = total + w.paired * paired
+        return Terms(out, total)

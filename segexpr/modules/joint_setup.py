@@ -1,0 +1,142 @@
+"""JointModule's construction and batch checks: option validation, building the networks, batch structure."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import pytorch_lightning as pl
+from torch import nn
+
+from segexpr.data.labels import REGION_GROUPS
+from segexpr.models.factory import build_network
+
+__all__ = ["NETWORKS", "build_joint_networks", "check_batch", "check_options", "split_combined", "tasks_for"]
+
+#: JointModule's network arguments, in construction order of their configs.
+NETWORKS: tuple[str, ...] = ("segmenter", "generator", "coder", "discriminator")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def check_options(args: Mapping[str, Any], tasks: Sequence[str], region_sources: Sequence[str],
+                  adversarial_losses: Sequence[str], au_donors: Sequence[str]) -> None:
+    """Refuse bad JointModule options with a ``ValueError`` naming the argument and the accepted values."""
+    for name, accepted in (("task", tasks), ("region_source", region_sources), ("adv_loss", adversarial_losses),
+                           ("au_loss", ("mse", "l1")), ("au_donor", au_donors)):
+        if args[name] not in accepted:
+            raise ValueError(f"unknown {name} {args[name]!r}; expected one of {tuple(accepted)}")
+    if not _is_int(args["n_critic"], 1):
+        raise ValueError(f"n_critic must be an integer >= 1, got {args['n_critic']!r}")
+    if not _is_int(args["image_size"], 8):
+        raise ValueError(f"image_size must be an integer >= 8, got {args['image_size']!r}")
+    for name in ("lr", "segmenter_lr", "feature_classifier_lr"):
+        if args[name] is not None and not args[name] > 0:
+            raise ValueError(f"{name} must be > 0, got {args[name]}")
+    if args["ema_decay"] is not None and not 0 <= args["ema_decay"] < 1:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {args['ema_decay']}")
+    if not isinstance(args["compile"], (bool, str)) or args["compile"] == "":
+        raise ValueError(f"compile must be a bool or a torch.compile backend name, got {args['compile']!r}")
+    if not 0 <= args["label_target_probability"] <= 1:
+        raise ValueError(f"label_target_probability must be in [0, 1], got {args['label_target_probability']}")
+    if not 0 < args["seg_ohem_thresh"] <= 1:
+        raise ValueError(f"seg_ohem_thresh must be in (0, 1], got {args['seg_ohem_thresh']}")
+    if not _is_int(args["segmenter_warmup_steps"], 0):
+        raise ValueError(f"segmenter_warmup_steps must be an integer >= 0, got {args['segmenter_warmup_steps']!r}")
+    if args["sample_every_n_steps"] < 0 or args["num_samples"] < 1:
+        raise ValueError(f"sample_every_n_steps must be >= 0 and num_samples >= 1, got "
+                         f"{args['sample_every_n_steps']}, {args['num_samples']}")
+    for name, value in args.items():
+        if name.startswith("lambda_") and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def build_joint_networks(args: Mapping[str, Any]) -> dict[str, nn.Module | None]:
+    """The four networks from configs (or as given), with the settings that must agree filled in."""
+    def build(kind: str, value: Any, defaults: Mapping[str, Any]) -> nn.Module:
+        if isinstance(value, nn.Module):
+            return value
+        if isinstance(value, pl.LightningModule) or (value is not None and not isinstance(value, Mapping)):
+            raise TypeError(f"{kind} must be a config dict or a network, got {type(value).__name__}")
+        config = dict(value or {})
+        for key, default in defaults.items():
+            if key in config and config[key] != default and key in ("region_source", "image_size"):
+                raise ValueError(f"the {kind} config has {key}={config[key]!r} but JointModule has {key}={default!r}")
+            config.setdefault(key, default)
+        return build_network(kind, config)
+
+    for kind in NETWORKS:
+        if isinstance(args[kind], pl.LightningModule):
+            raise TypeError(f"{kind}: pass the network ({type(args[kind]).__name__}.{kind}) or its config dict, "
+                            f"not the LightningModule (its training options would have no effect here)")
+    coder = build("coder", args["coder"], {})
+    generator = build("generator", args["generator"], {"region_source": args["region_source"],
+                                                        "code_dim": coder.code_dim})
+    if generator.region_source != args["region_source"]:
+        raise ValueError(f"the generator was built with region_source={generator.region_source!r} but JointModule "
+                         f"has region_source={args['region_source']!r}")
+    if generator.code_dim != coder.code_dim:
+        raise ValueError(f"generator code_dim {generator.code_dim} differs from the coder's {coder.code_dim}")
+    discriminator = build("discriminator", args["discriminator"], {
+        "image_size": args["image_size"], "regions": tuple(generator.regions),
+        "au_free_channels": generator.au_free_channels, "crop_size": generator.crop_size})
+    if discriminator.feature_classifier.in_channels != generator.au_free_channels:
+        raise ValueError(f"the discriminator's feature classifier expects {discriminator.feature_classifier.in_channels} "
+                         f"AU-free channels but the generator produces {generator.au_free_channels}; drop "
+                         f"au_free_channels from the discriminator config (it then fits the generator)")
+    if args["region_source"] != "none" and tuple(discriminator.regions) != tuple(generator.regions):
+        raise ValueError(f"discriminator regions {tuple(discriminator.regions)} differ from generator regions "
+                         f"{tuple(generator.regions)}")
+    segmenter = None
+    if args["segmenter"] is not None:
+        config = args["segmenter"]
+        segmenter = build("segmenter", config, {})
+    if args["region_source"] == "segmenter":
+        if segmenter is None:
+            raise ValueError("region_source='segmenter' needs a segmenter (a config dict such as "
+                             "{'name': 'unet'} or a network returning parsing logits)")
+        unknown = [r for r in generator.regions if r not in REGION_GROUPS]
+        if unknown:
+            raise ValueError(f"regions {unknown} have no parsing-class group in REGION_GROUPS")
+    if args["segmenter_weights"] is not None and segmenter is None:
+        raise ValueError("segmenter_weights is set but the model has no segmenter")
+    return {"segmenter": segmenter, "generator": generator, "coder": coder, "discriminator": discriminator}
+
+
+def split_combined(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
+    """``(gan_batch, parsing_batch)``: a ``CombinedDataModule`` batch is ``{"gan": ..., "parsing": ...}``."""
+    if "gan" in batch and "parsing" in batch:
+        parsing = batch["parsing"]
+        if parsing is not None and parsing.get("mask") is None:
+            raise KeyError(f"the 'parsing' half of a combined batch needs 'mask', got keys {sorted(parsing)}")
+        return batch["gan"], parsing
+    return batch, None
+
+
+def check_batch(batch: Mapping[str, Any], task: str | None, image_size: int) -> None:
+    """Refuse a batch the task cannot train on, or whose images are not ``image_size`` square (named)."""
+    if "image" not in batch:
+        raise KeyError(f"JointModule batches need an 'image' key, got {sorted(batch)}")
+    size = tuple(batch["image"].shape[-2:])
+    if size != (image_size, image_size):
+        raise ValueError(f"JointModule was built for image_size={image_size} but the batch's images are "
+                         f"{size[0]}x{size[1]}; set image_size={size[0]} (model) or the data's image size to "
+                         f"{image_size}")
+    if task == "transfer" and batch.get("reference_image") is None:
+        raise KeyError("task='transfer' needs batches with 'reference_image' (e.g. SyntheticFacesDataModule(pairs=True))")
+    if task == "manipulate" and batch.get("expression") is None and batch.get("aus") is None:
+        raise KeyError("task='manipulate' needs 'expression' and/or 'aus' labels (the discriminator learns to "
+                       "classify real images)")
+
+
+def tasks_for(batch: Mapping[str, Any], manipulate: bool, transfer: bool, task: str) -> list[str]:
+    """The tasks this batch can train: manipulate needs labels, transfer a ``reference_image``."""
+    tasks = []
+    if manipulate and (batch.get("expression") is not None or batch.get("aus") is not None):
+        tasks.append("manipulate")
+    if transfer and batch.get("reference_image") is not None:
+        tasks.append("transfer")
+    if not tasks:
+        raise KeyError(f"task={task!r}: this batch has neither labels ('expression'/'aus') nor 'reference_image'; "
+                       f"keys: {sorted(batch)}")
+    return tasks

@@ -1,0 +1,1 @@
+"""Pure tensor operations shared by models, objectives and inference."""
