@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> Path:
         n_critic=args.n_critic, lr=args.lr, ema_decay=0.99, sample_every_n_steps=0,
     )
     if segmenter is not None:  # start from the pre-trained parser
-        module.segmenter.load_state_dict(segmenter.segmenter.state_dict())
+        module.initialize_segmenter(segmenter.segmenter.state_dict())
     data = SyntheticFacesDataModule(size=args.size, train_length=20000, val_length=40, test_length=40,
                                     seed=args.seed, pairs=True, augment=False, batch_size=args.batch_size)
     start = time.time()

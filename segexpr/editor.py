@@ -21,7 +21,57 @@ from torch import nn
 from segexpr.data.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, REGION_GROUPS
 from segexpr.ops.regions import box_masks, region_inputs, soft_regions
 
-__all__ = ["ExpressionEditor", "as_expression_labels"]
+__all__ = ["FACE_CLASSES", "MIN_IMAGE_SIZE", "ExpressionEditor", "as_expression_labels", "check_aus", "check_images"]
+
+#: Smallest image side (pixels) the editor accepts: below it there is no face to edit.
+MIN_IMAGE_SIZE = 16
+#: Slack on the ``[-1, 1]`` range (resampling and float rounding).
+RANGE_SLACK = 1e-3
+#: Parsing classes (order A) that make up the face for :meth:`ExpressionEditor.face_mask`: skin, brows, eyes,
+#: nose, mouth and lips (not glasses, ears, hair, neck, cloth).
+FACE_CLASSES = ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth", "u_lip", "l_lip")
+
+
+def check_images(images: Any, name: str = "images") -> torch.Tensor:
+    """Check a batch of images for the editor; returns it unchanged, or raises ``ValueError`` saying what is wrong.
+
+    Required: a floating-point tensor ``[B, 3, H, W]`` with values in ``[-1, 1]`` (1e-3 slack), finite, sides of at
+    least :data:`MIN_IMAGE_SIZE` pixels. uint8 images and 0-255 ranges are refused with the conversion to use.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{name} must be a float tensor [B, 3, H, W] in [-1, 1], got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must be a float tensor [B, 3, H, W] in [-1, 1], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor in [-1, 1], got dtype {images.dtype}; for 0-255 pixel "
+                         "values divide by 127.5 and subtract 1 (images.float() / 127.5 - 1)")
+    height, width = images.shape[-2:]
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise ValueError(f"{name} are {height}x{width} px; at least {MIN_IMAGE_SIZE} px per side is needed")
+    if images.numel() == 0:
+        return images
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name} contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK:
+        hint = ("; these look like 0-255 pixel values: divide by 127.5 and subtract 1" if high > 2
+                else "; values in [0, 1]? use images * 2 - 1" if low >= 0 else "")
+        raise ValueError(f"{name} must be in [-1, 1], got values in [{low:.4g}, {high:.4g}]{hint}")
+    return images
+
+
+def check_aus(aus: Any, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """AU intensities ``[17]`` or ``[batch, 17]`` in ``[0, 1]``, finite -> float32 ``[batch, 17]``; else ValueError."""
+    aus_t = torch.as_tensor(aus, dtype=torch.float32, device=device)
+    aus_t = aus_t.unsqueeze(0).expand(batch, -1) if aus_t.dim() == 1 else aus_t
+    if tuple(aus_t.shape) != (batch, NUM_AUS):
+        raise ValueError(f"aus must be [{NUM_AUS}] or [{batch}, {NUM_AUS}], got {tuple(aus_t.shape)}")
+    if aus_t.numel() and not bool(torch.isfinite(aus_t).all()):
+        raise ValueError("aus contain NaN or infinite values")
+    if aus_t.numel() and (float(aus_t.min()) < 0 or float(aus_t.max()) > 1):
+        raise ValueError(f"aus must be intensities in [0, 1] (OpenFace intensity / 5), got values in "
+                         f"[{float(aus_t.min()):.4g}, {float(aus_t.max()):.4g}]")
+    return aus_t
 
 
 def as_expression_labels(expression: int | str | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
@@ -195,14 +245,12 @@ class ExpressionEditor:
         """
         if (expression is None) == (aus is None):
             raise ValueError("edit needs exactly one of expression= or aus=")
+        check_images(images)
         batch = images.shape[0]
         if expression is not None:
             labels = as_expression_labels(expression, batch, self.device)
             return self._generate(images, lambda coder: coder.from_label(labels), landmarks)
-        aus_t = torch.as_tensor(aus, dtype=torch.float32, device=self.device)
-        aus_t = aus_t.unsqueeze(0).expand(batch, -1) if aus_t.dim() == 1 else aus_t
-        if tuple(aus_t.shape) != (batch, NUM_AUS):
-            raise ValueError(f"aus must be [{NUM_AUS}] or [{batch}, {NUM_AUS}], got {tuple(aus_t.shape)}")
+        aus_t = check_aus(aus, batch, self.device)
         return self._generate(images, lambda coder: coder.from_aus(aus_t), landmarks)
 
     def transfer(self, images: torch.Tensor, references: torch.Tensor, landmarks: torch.Tensor | None = None
@@ -217,6 +265,8 @@ class ExpressionEditor:
         Returns:
             float ``[B, 3, H, W]`` in ``[-1, 1]`` (eval mode, no gradients).
         """
+        check_images(images)
+        check_images(references, "references")
         refs, _ = self._prepare(references, None, "references")
         if refs.shape[0] == 1 and images.shape[0] > 1:
             refs = refs.expand(images.shape[0], -1, -1, -1)
@@ -233,6 +283,7 @@ class ExpressionEditor:
 
         Channel order is :attr:`region_names`. Eval mode, no gradients.
         """
+        check_images(images)
         height, width = images.shape[-2:]
         with _eval_mode(self.generator, self.segmenter):
             small, small_landmarks = self._prepare(images, landmarks)
@@ -248,3 +299,24 @@ class ExpressionEditor:
             if masks.shape[-2:] != (height, width):
                 masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
             return masks.clamp(0, 1)
+
+    def face_mask(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Where the face is, float ``[B, 1, H, W]`` in ``[0, 1]`` at the input size, or ``None`` without a segmenter.
+
+        The segmenter's softmax probability summed over :data:`FACE_CLASSES` (skin, brows, eyes, nose, mouth, lips;
+        order A). Used by the photo pipeline as the paste mask (``segexpr.faces.edit_photo(face_mask_fn=...)``).
+        Eval mode, no gradients.
+        """
+        if self.segmenter is None:
+            return None
+        from segexpr.data.labels import CLASS_INDEX
+
+        check_images(images)
+        height, width = images.shape[-2:]
+        classes = [CLASS_INDEX[name] for name in FACE_CLASSES]
+        with _eval_mode(self.segmenter):
+            small, _ = self._prepare(images, None)
+            probs = self.segmenter(small).float().softmax(dim=1)[:, classes].sum(dim=1, keepdim=True)
+            if probs.shape[-2:] != (height, width):
+                probs = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+            return probs.clamp(0, 1)

@@ -188,3 +188,43 @@ def test_rafd_every_problem_listed_then_skipped(exports, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="segexpr.data"):
         ds = RaFD(root, "all", skip_invalid=True)
     assert len(ds) == len(files) - 1 and "skipping 3 invalid entries" in caplog.text
+
+
+# ------------------------------------------------------------------ ExpressionEditor: one check for CLI and API
+def test_editor_refuses_bad_images_and_aus_with_hints():
+    import torch
+
+    from segexpr.editor import ExpressionEditor, check_images
+    from tiny import tiny_joint_module
+
+    torch.manual_seed(0)
+    editor = ExpressionEditor.from_module(tiny_joint_module(32))
+    good = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert check_images(good) is good
+    assert check_images(good * 1.0005) is not None  # 1e-3 slack for resampling
+    cases = [
+        ((good + 1).mul(127.5).round().to(torch.uint8), "divide by 127.5 and subtract 1"),
+        ((good + 1) * 127.5, "0-255 pixel values: divide by 127.5 and subtract 1"),
+        (good * 1.01, r"must be in \[-1, 1\]"),
+        (good.masked_fill(torch.zeros_like(good, dtype=torch.bool).index_fill_(3, torch.tensor([3]), True),
+                          float("nan")), "NaN or infinite"),
+        (torch.zeros(1, 3, 8, 32), "at least 16 px"),
+        (torch.zeros(3, 32, 32), r"\[B, 3, H, W\]"),
+        (np.zeros((1, 3, 32, 32), np.float32), "float tensor"),
+    ]
+    for images, message in cases:
+        with pytest.raises(ValueError, match=message):
+            editor.edit(images, expression="happy")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        editor.regions(good.clone().fill_(float("inf")))
+    with pytest.raises(ValueError, match="references must be in"):
+        editor.transfer(good, (good + 1) * 127.5)
+    with pytest.raises(ValueError, match=r"aus must be intensities in \[0, 1\]"):
+        editor.edit(good, aus=torch.full((17,), 2.0))
+    with pytest.raises(ValueError, match=r"aus must be \[17\] or \[2, 17\]"):
+        editor.edit(good, aus=torch.zeros(16))
+    with pytest.raises(ValueError, match="aus contain NaN"):
+        editor.edit(good, aus=torch.full((2, 17), float("nan")))
+    # valid input behaves as before
+    assert editor.edit(good, aus=torch.zeros(17)).shape == good.shape
+    assert editor.edit(good, expression="happy").shape == good.shape

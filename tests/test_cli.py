@@ -85,17 +85,18 @@ def test_checkpoint_loads_safely_and_round_trips(trained):
 def test_edit_and_transfer_commands_write_images(trained, tmp_path):
     inputs = _faces(tmp_path / "in")
     out = tmp_path / "out"
-    assert main(["edit", str(tmp_path / "in"), "--ckpt", str(trained / "ckpt" / "last.ckpt"),
-                 "--expression", "all", "--out", str(out)]) == 0
-    written = sorted(out.glob("*.png"))
+    ckpt = str(trained / "ckpt" / "last.ckpt")
+    assert main(["edit", str(tmp_path / "in"), "--ckpt", ckpt, "--expression", "all", "--out", str(out),
+                 "--no-align"]) == 0
+    written = sorted(out.glob("*.jpg"))  # the input's format
     assert len(written) == 2 * 8
-    assert Image.open(out / "face0_happy.png").size == Image.open(inputs[0]).size  # same size as the input
-    assert main(["edit", str(inputs[0]), "--ckpt", str(trained / "ckpt" / "last.ckpt"),
-                 "--aus", "AU6=0.8,AU12=1", "--out", str(out)]) == 0
+    assert Image.open(out / "face0_happy.jpg").size == Image.open(inputs[0]).size  # same size as the input
+    assert main(["edit", str(inputs[0]), "--ckpt", ckpt, "--aus", "AU6=0.8,AU12=1", "--out", str(out),
+                 "--no-align", "--format", "png"]) == 0
     assert (out / "face0_aus.png").is_file()
-    assert main(["transfer", str(inputs[0]), "--reference", str(inputs[1]),
-                 "--ckpt", str(trained / "ckpt" / "last.ckpt"), "--out", str(out)]) == 0
-    assert (out / "face0_from_face1.png").is_file()
+    assert main(["transfer", str(inputs[0]), "--reference", str(inputs[1]), "--ckpt", ckpt, "--out", str(out),
+                 "--no-align"]) == 0
+    assert (out / "face0_from_face1.jpg").is_file()
 
 
 def test_console_script_is_installed():
@@ -136,15 +137,19 @@ def test_bad_checkpoints_are_refused_with_the_file_named(tmp_path, trained):
         load_module(foreign)
 
 
-def test_bad_cli_input_is_reported(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.jpg"):
-        main(["edit", str(tmp_path / "nowhere.jpg"), "--ckpt", str(trained / "ckpt" / "last.ckpt"),
-              "--expression", "happy", "--out", str(tmp_path)])
+def test_bad_cli_input_is_reported(trained, tmp_path, capsys):
+    ckpt = str(trained / "ckpt" / "last.ckpt")
+    assert main(["edit", str(tmp_path / "nowhere.jpg"), "--ckpt", ckpt, "--expression", "happy",
+                 "--out", str(tmp_path), "--no-align"]) == 1
+    assert "segexpr edit: input images not found" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(ValueError, match="corrupt.jpg"):
-        main(["edit", str(corrupt), "--ckpt", str(trained / "ckpt" / "last.ckpt"), "--expression", "happy",
-              "--out", str(tmp_path)])
+    assert main(["edit", str(corrupt), "--ckpt", ckpt, "--expression", "happy", "--out", str(tmp_path / "o"),
+                 "--no-align"]) == 1
+    assert "corrupt.jpg" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="corrupt.jpg"):  # --debug: the exception itself
+        main(["edit", str(corrupt), "--ckpt", ckpt, "--expression", "happy", "--out", str(tmp_path / "o"),
+              "--no-align", "--debug"])
     with pytest.raises(SystemExit):
         main(["edit", str(corrupt), "--ckpt", "x.ckpt", "--expression", "smug", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="AU99"):

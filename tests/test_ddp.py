@@ -22,10 +22,11 @@ from segexpr.gan.targets import keyed_uniform
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_equivalence.py"
 
 
-def run_script(out: Path, devices: int, batch_size: int) -> None:
+def run_script(out: Path, devices: int, batch_size: int, strategy: str | None = None) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    extra = ["--strategy", strategy] if strategy else []
     result = subprocess.run([sys.executable, str(SCRIPT), "--devices", str(devices), "--batch-size", str(batch_size),
-                             "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+                             "--out", str(out), *extra], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
 
 
@@ -82,6 +83,26 @@ def test_two_process_ddp_equals_single_process_on_the_global_batch(tmp_path):
             for key in ("exp_avg", "exp_avg_sq"):
                 mine, reference = opt_ddp["state"][index][key], state[key]
                 assert float((mine - reference).norm()) <= 2e-3 * float(reference.norm()) + 1e-12, (index, key)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed + gloo")
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    """Rank 1's batch turns NaN: both ranks raise the same clear error instead of rank 0 hanging in an all-reduce."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--devices", "2", "--batch-size", "4", "--out",
+                             str(tmp_path), "--nan-rank", "1"], capture_output=True, text=True, timeout=240, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "non-finite discriminator loss" in output and "on rank 1 of 2" in output, output[-4000:]
+    assert "on another rank" in output, output[-4000:]  # rank 0 stopped too
+    assert not list(tmp_path.glob("rank*.pt"))
+
+
+def test_ddp_on_one_device_trains(tmp_path):
+    """strategy='ddp' with devices=1 wraps the module in DDP; the reducer must be off there too."""
+    run_script(tmp_path, devices=1, batch_size=4, strategy="ddp")
+    single = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    assert single["train_batches"] == 4 and single["reducer_off"] and all(single["reducer_off"])
 
 
 def test_all_reduce_gradients_is_a_no_op_without_a_process_group():

@@ -47,7 +47,7 @@ def test_readme_python_example_runs(tmp_path):
 
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     namespace: dict = {}
-    exec(code.replace("outputs/synthetic/checkpoints/last.ckpt", str(ckpt)), namespace)
+    exec(code.replace("outputs/synthetic/latest/checkpoints/last.ckpt", str(ckpt)), namespace)
     for name in ("happy", "smile", "copied"):
         assert namespace[name].shape == (2, 3, 64, 64) and namespace[name].abs().max() <= 1
     assert namespace["regions"].shape == (2, 4, 64, 64)

@@ -30,8 +30,8 @@ def test_flop_count_matches_matmul_and_conv_formulas():
 def test_step_time_tiny_run_reports_both_configs(capsys):
     torch.manual_seed(0)
     step_time = load_benchmark("step_time")
-    results = step_time.main(["--configs", "global", "full", "--precisions", "fp32", "--batch-size", "2",
-                              "--size", "32", "--iters", "1", "--warmup", "0"])
+    results = step_time.main(["--scales", "default", "--configs", "global", "full", "--precisions", "fp32",
+                              "--batch-size", "2", "--size", "32", "--iters", "1", "--warmup", "0", "--n-critic", "5"])
     out = capsys.readouterr().out
     assert set(results) == {("global", "fp32"), ("full", "fp32")}
     glob, full = results[("global", "fp32")], results[("full", "fp32")]
@@ -40,7 +40,18 @@ def test_step_time_tiny_run_reports_both_configs(capsys):
         # the generator step runs more than the discriminator step (G forward twice, critics on the fakes)
         assert r["gflop_g"] > r["gflop_d"] > 0
         assert abs(r["gflop_iter"] - (r["gflop_d"] + r["gflop_g"] / 5)) < 1e-6
+        assert r["ops_g"] > r["ops_d"] > 0 and abs(r["ops_iter"] - (r["ops_d"] + r["ops_g"] / 5)) < 1e-6
     # the full model adds a segmenter, local generators and local critics to the same global networks
     assert full["params_m"] > glob["params_m"]
     assert full["gflop_d"] > glob["gflop_d"] and full["gflop_g"] > glob["gflop_g"]
-    assert "vs global" in out and "1.00x" in out
+    assert full["ops_iter"] > glob["ops_iter"]  # more networks dispatch more ops
+    assert "vs global" in out and "1.00x" in out and "ops/it" in out
+
+
+def test_step_time_main_job_scale_builds_the_main_job_networks():
+    step_time = load_benchmark("step_time")
+    size, batch, n_critic, adv_loss, networks = step_time.SCALES["main"]
+    assert (size, batch, n_critic, adv_loss) == (64, 8, 2, "hinge")
+    module = step_time.build("full", size, networks, adv_loss)
+    assert module.generator.crop_size == 24 and module.hparams.generator["base_channels"] == 16
+    assert module.hparams.segmenter["backbone_width"] == 16 and module.hparams.adv_loss == "hinge"

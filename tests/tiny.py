@@ -24,3 +24,21 @@ def tiny_joint_module(size: int = 32, segmenter: bool = True, segmenter_norm: st
         seg["norm"] = segmenter_norm
     return JointModule(segmenter=seg if segmenter else None, image_size=size,
                        **{k: dict(v) for k, v in TINY_NETWORKS.items()}, **kwargs)
+
+
+def save_tiny_checkpoint(path, size: int = 32, **kwargs: Any):
+    """An untrained tiny JointModule (with a segmenter) saved by a Trainer as a real checkpoint at ``path``."""
+    import pytorch_lightning as pl
+    import torch
+
+    from segexpr.data.synthetic import SyntheticFacesDataModule
+
+    torch.manual_seed(0)
+    module = tiny_joint_module(size, **kwargs)
+    data = SyntheticFacesDataModule(size=size, train_length=4, val_length=4, test_length=4, pairs=True,
+                                    augment=False, batch_size=4)
+    trainer = pl.Trainer(max_steps=0, logger=False, enable_checkpointing=False, limit_val_batches=0,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(path)
+    return path

@@ -1,20 +1,32 @@
 """Training iteration time of JointModule: global-only baseline vs the full hierarchical joint model.
 
-    python examples/benchmarks/step_time.py                         # CPU (GPU when available), fp32 + bf16
-    python examples/benchmarks/step_time.py --configs global landmarks full full-both --iters 3
+    python examples/benchmarks/step_time.py                         # both scales, CPU (GPU when available), fp32 + bf16
+    python examples/benchmarks/step_time.py --scales main --configs global landmarks full full-both --iters 3
     python examples/benchmarks/step_time.py --device cuda --precisions fp32 bf16 fp16
+
+Two scales (``--scales``):
+
+* ``main``: the README's main job (``examples/configs/synthetic.yaml``): 64 px, batch 8, its CPU widths (BiSeNet
+  16/32/64, generator 16 with 2 residual blocks, 24-px crops, critics 16), hinge loss, ``n_critic=2``;
+* ``default``: 128 px, batch 16, every network at its default width, WGAN-GP, ``n_critic=5``.
+
+Beside the times the table gives the **aten ops dispatched per iteration** (``ops/it``, counted with a
+``TorchDispatchMode``; views excluded, optimiser steps counted apart as ``opt ops/it``): each is at least one
+kernel launch on a GPU, so it is a machine-independent proxy for the launch overhead that dominates small models
+on a GPU. ``opt ops/it`` is inflated on a CPU: Adam runs its per-parameter loop there, its ``foreach`` kernels on
+CUDA.
 
 One *iteration* is what the GAN schedule does per batch on average: one discriminator step plus ``1/n_critic``
 of a generator step (``n_critic=5``, the default). The script trains through Lightning (``Trainer.fit``,
 manual optimisation, the real ``training_step``) with ``n_critic=2`` so that batches alternate D-only and
 D+G, times them (after ``--warmup`` untimed pairs), and reports
 
-    iteration = t(D) + (t(D+G) - t(D)) / n_critic
+    iteration = t(D) + (t(D+G) - t(D)) / n_critic   (n_critic of the scale: 2 main, 5 default; --n-critic overrides)
 
 together with the model FLOPs of one iteration (``torch.utils.flop_counter``'s formulas, see :class:`FlopCount`:
 forward, backward and the gradient penalty's double backward; convolutions, matmuls, attention) and the achieved GFLOP/s.
 
-Configurations (default widths, batch 16, 128 px, ``task="manipulate"`` unless noted):
+Configurations (``task="manipulate"`` unless noted):
 
 * ``global``: ``region_source="none"``, no segmenter, no local critics (the StarGAN/GANimation-sized baseline);
 * ``landmarks``: the hierarchical generator + local critics with landmark boxes (no segmenter);
@@ -43,16 +55,34 @@ from segexpr.modules.joint import JointModule
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 CONFIGS = ("global", "landmarks", "full", "full-both")
 
+#: The main job's networks (examples/configs/synthetic.yaml): 64 px, batch 8, hinge, n_critic 2.
+MAIN_JOB: dict[str, Any] = {
+    "segmenter": {"name": "bisenet", "backbone_width": 16, "context_channels": 32, "fusion_channels": 64,
+                  "spatial_stride": 4},
+    "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16, "local_n_res": 1,
+                  "crop_size": 24, "box_scale": 3.5},
+    "coder": {"code_dim": 32, "base_channels": 16, "n_down": 3},
+    "discriminator": {"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
+                      "feature_hidden": 32},
+}
+#: scale -> (image size, batch size, n_critic of the iteration, adv_loss, networks or None for default widths)
+SCALES: dict[str, tuple[int, int, int, str, dict[str, Any] | None]] = {
+    "main": (64, 8, 2, "hinge", MAIN_JOB),
+    "default": (128, 16, 5, "wgan-gp", None),
+}
 
-def build(config: str, size: int) -> JointModule:
-    """A JointModule at default widths for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate)."""
-    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, image_size=size)
+
+def build(config: str, size: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp") -> JointModule:
+    """A JointModule for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate); ``networks``: widths."""
+    nets = {k: dict(v) for k, v in (networks or {}).items()}
+    segmenter = nets.pop("segmenter", {"name": "bisenet"})
+    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, image_size=size, adv_loss=adv_loss, **nets)
     if config == "global":
         return JointModule(segmenter=None, region_source="none", task="manipulate", **common)
     if config == "landmarks":
         return JointModule(segmenter=None, region_source="landmarks", task="manipulate", **common)
     task = "both" if config == "full-both" else "manipulate"
-    return JointModule(segmenter={"name": "bisenet"}, region_source="segmenter", task=task, **common)
+    return JointModule(segmenter=segmenter, region_source="segmenter", task=task, **common)
 
 
 class FlopCount(TorchDispatchMode):
@@ -67,10 +97,33 @@ class FlopCount(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        #: aten ops dispatched outside optimiser steps, views excluded (they launch no kernel): each is at least
+        #: one kernel launch on a GPU, a proxy for the launch overhead of the forward and backward passes.
+        self.ops = 0
+        #: aten ops inside ``Optimizer.step`` (a CPU run uses the per-parameter Adam loop; on CUDA Adam defaults
+        #: to its multi-tensor ``foreach`` kernels, so these are far fewer launches there).
+        self.optimizer_ops = 0
+        self.in_optimizer = False
+
+    def __enter__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._hooks = (register_optimizer_step_pre_hook(lambda *args: setattr(self, "in_optimizer", True)),
+                       register_optimizer_step_post_hook(lambda *args: setattr(self, "in_optimizer", False)))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self.in_optimizer:
+            self.optimizer_ops += 1
+        elif not func.is_view:
+            self.ops += 1
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
@@ -83,6 +136,8 @@ class _Timer(pl.Callback):
     def __init__(self, count_flops: bool) -> None:
         self.times: list[float] = []
         self.flops: list[int] = []
+        self.ops: list[int] = []
+        self.optimizer_ops: list[int] = []
         self.count_flops = count_flops
         self._counter: FlopCount | None = None
 
@@ -104,6 +159,8 @@ class _Timer(pl.Callback):
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops.append(self._counter.total)
+            self.ops.append(self._counter.ops)
+            self.optimizer_ops.append(self._counter.optimizer_ops)
             self._counter = None
 
 
@@ -118,32 +175,38 @@ def _fit(module: JointModule, batch: dict, batches: int, precision: str, device:
 
 
 def measure(config: str, precision: str, batch: dict, size: int, device: str, warmup: int, iters: int,
-            n_critic: int) -> dict[str, float]:
-    """Time ``warmup + iters`` (D, D+G) batch pairs; FLOPs from one extra pair."""
+            n_critic: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp") -> dict[str, float]:
+    """Time ``warmup + iters`` (D, D+G) batch pairs; FLOPs and dispatched ops from one extra pair."""
     torch.manual_seed(0)
-    module = build(config, size)
+    module = build(config, size, networks, adv_loss)
     timer = _fit(module, batch, 2 * (warmup + iters), PRECISIONS[precision], device, count_flops=False)
     times = timer.times[2 * warmup:]
     t_d = statistics.median(times[0::2])     # batches 1, 3, ...: discriminator step only
     t_dg = statistics.median(times[1::2])    # batches 2, 4, ...: discriminator + generator step
-    flops = _fit(build(config, size), batch, 2, PRECISIONS[precision], device, count_flops=True).flops
+    counted = _fit(build(config, size, networks, adv_loss), batch, 2, PRECISIONS[precision], device, count_flops=True)
+    flops, ops, opt_ops = counted.flops, counted.ops, counted.optimizer_ops
     t_g = max(t_dg - t_d, 0.0)
     iteration = t_d + t_g / n_critic
     flops_iter = flops[0] + (flops[1] - flops[0]) / n_critic
-    return {"d_ms": t_d * 1e3, "g_ms": t_g * 1e3, "iter_ms": iteration * 1e3, "gflop_iter": flops_iter / 1e9,
+    return {"ops_iter": ops[0] + (ops[1] - ops[0]) / n_critic, "ops_d": float(ops[0]), "ops_g": float(ops[1] - ops[0]),
+            "optimizer_ops_iter": opt_ops[0] + (opt_ops[1] - opt_ops[0]) / n_critic,
+            "d_ms": t_d * 1e3, "g_ms": t_g * 1e3, "iter_ms": iteration * 1e3, "gflop_iter": flops_iter / 1e9,
             "gflop_d": flops[0] / 1e9, "gflop_g": (flops[1] - flops[0]) / 1e9,
             "gflops_per_s": flops_iter / 1e9 / iteration, "params_m": sum(p.numel() for p in module.parameters()
                                                                           if p.requires_grad) / 1e6}
 
 
 def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
-    """Parse ``argv``, print the table, return ``{(config, precision): measure(...)}``."""
+    """Parse ``argv``, print one table per scale, return ``{(config, precision): measure(...)}`` (with one scale)
+    or ``{(scale, config, precision): ...}`` (several scales)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["global", "full"])
+    parser.add_argument("--scales", nargs="+", choices=tuple(SCALES), default=list(SCALES))
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=["global", "landmarks", "full"])
     parser.add_argument("--precisions", nargs="+", choices=tuple(PRECISIONS), default=["fp32", "bf16"])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--n-critic", type=int, default=5, help="D steps per G step the iteration assumes")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the scale's batch size")
+    parser.add_argument("--size", type=int, default=None, help="override the scale's image size")
+    parser.add_argument("--n-critic", type=int, default=None, help="D steps per G step the iteration assumes "
+                                                                   "(default: the scale's)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed (D, D+G) batch pairs")
     parser.add_argument("--iters", type=int, default=4, help="timed (D, D+G) batch pairs (median; 2 proved too few on a CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -153,30 +216,42 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
         torch.set_num_threads(args.threads)
     if "fp16" in args.precisions and args.device == "cpu":
         parser.error("fp16 (16-mixed) needs CUDA; Lightning maps it to bf16 on CPU")
-    dataset = SyntheticFaces(size=args.size, length=args.batch_size, seed=0, pairs=True,
-                             identities=max(2, args.batch_size // 2))
-    batch = next(iter(DataLoader(dataset, batch_size=args.batch_size)))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# {device_name}; batch {args.batch_size}, {args.size} px, iteration = D + G/{args.n_critic}; "
-          f"warm-up {args.warmup}, median of {args.iters}")
-    header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
-              f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9}")
-    print(header)
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    for precision in args.precisions:
-        for config in args.configs:
-            r = measure(config, precision, batch, args.size, args.device, args.warmup, args.iters, args.n_critic)
-            results[(config, precision)] = r
-            base = results.get(("global", precision))
-            ratio = f"{r['iter_ms'] / base['iter_ms']:.2f}x" if base else "-"
-            print(f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
-                  f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
-                  f"{r['gflops_per_s']:8.1f} {ratio:>9}", flush=True)
-    if "fp32" in args.precisions and "bf16" in args.precisions:
-        for config in args.configs:
-            print(f"# {config}: bf16 / fp32 iteration time = "
-                  f"{results[(config, 'bf16')]['iter_ms'] / results[(config, 'fp32')]['iter_ms']:.2f}")
-    return results
+    everything: dict[tuple, dict[str, float]] = {}
+    for scale in args.scales:
+        size, batch_size, n_critic, adv_loss, networks = SCALES[scale]
+        size, batch_size = args.size or size, args.batch_size or batch_size
+        n_critic = args.n_critic or n_critic
+        dataset = SyntheticFaces(size=size, length=batch_size, seed=0, pairs=True, identities=max(2, batch_size // 2))
+        batch = next(iter(DataLoader(dataset, batch_size=batch_size)))
+        print(f"# scale {scale}: {device_name}; batch {batch_size}, {size} px, "
+              f"{'main-job' if networks else 'default'} widths, {adv_loss}; iteration = D + G/{n_critic}; "
+              f"warm-up {args.warmup}, median of {args.iters}")
+        header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
+                  f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9} {'ops/it':>8} "
+                  f"{'ops vs gl':>9} {'opt ops/it':>10}")
+        print(header)
+        results: dict[tuple[str, str], dict[str, float]] = {}
+        for precision in args.precisions:
+            for config in args.configs:
+                r = measure(config, precision, batch, size, args.device, args.warmup, args.iters, n_critic,
+                            networks, adv_loss)
+                results[(config, precision)] = r
+                base = results.get(("global", precision))
+                ratio = f"{r['iter_ms'] / base['iter_ms']:.2f}x" if base else "-"
+                ops_ratio = f"{r['ops_iter'] / base['ops_iter']:.2f}x" if base else "-"
+                print(f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
+                      f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
+                      f"{r['gflops_per_s']:8.1f} {ratio:>9} {r['ops_iter']:8.0f} {ops_ratio:>9} "
+                      f"{r['optimizer_ops_iter']:10.0f}", flush=True)
+        if "fp32" in args.precisions and "bf16" in args.precisions:
+            for config in args.configs:
+                print(f"# {scale} {config}: bf16 / fp32 iteration time = "
+                      f"{results[(config, 'bf16')]['iter_ms'] / results[(config, 'fp32')]['iter_ms']:.2f}")
+        everything.update({(scale, *key): value for key, value in results.items()})
+    if len(args.scales) == 1:
+        return {key[1:]: value for key, value in everything.items()}
+    return everything
 
 
 if __name__ == "__main__":

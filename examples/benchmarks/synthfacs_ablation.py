@@ -225,7 +225,7 @@ def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any], segm
         image_size=args.size, adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99,
         sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg, **options)
     if uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
-        module.segmenter.load_state_dict(segmenter.segmenter.state_dict())
+        module.initialize_segmenter(segmenter.segmenter.state_dict())
     return module
 
 

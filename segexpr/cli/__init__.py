@@ -1,32 +1,178 @@
 """The ``segexpr`` console command.
 
-``segexpr fit|validate|test|predict --config FILE`` is Lightning's own ``LightningCLI``; the remaining
-subcommands (``export-synthetic``, and the editing/evaluation commands added by later modules) are small
-argparse programs dispatched by name. This module stays thin: each subcommand's logic lives in its module.
+``segexpr fit|validate|test|predict --config FILE`` is Lightning's own ``LightningCLI`` (as :class:`SegexprCLI`);
+the remaining subcommands (``edit``, ``transfer``, ``evaluate``, ``export-synthetic``, ``demo``,
+``upgrade-checkpoint``) are small argparse programs dispatched by name. This module stays thin and imports
+neither torch nor Lightning until a command runs, so ``segexpr --help`` answers at once.
+
+Options every command accepts (taken out before the command sees its arguments):
+
+* ``--threads N``: torch CPU threads (default from the console: the cores this process may use that are not
+  busy, see :func:`default_threads`; ``main([...])`` called from Python leaves torch's setting alone unless
+  ``--threads`` is given); one line on stderr says how many are used and why.
+* ``--debug``: show the full traceback of an error instead of one line ``segexpr <command>: <message>``.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
-#: subcommand -> "module:function" taking ``argv`` (the arguments after the subcommand).
-EXTRA_COMMANDS = {
-    "export-synthetic": "segexpr.data.export:main",
-    "edit": "segexpr.cli.edit:edit_main",
-    "transfer": "segexpr.cli.edit:transfer_main",
-    "evaluate": "segexpr.cli.evaluate:main",
-    "demo": "segexpr.demo:main",
-    "upgrade-checkpoint": "segexpr.cli.upgrade:main",
+#: Lightning's subcommands: name -> one-line description.
+LIGHTNING_COMMANDS = {
+    "fit": "train a model from a YAML config (Lightning's CLI; e.g. --config examples/configs/synthetic.yaml)",
+    "validate": "run the validation loop of a config on a checkpoint (--ckpt_path)",
+    "test": "run the test loop of a config on a checkpoint (--ckpt_path)",
+    "predict": "run the predict loop of a config on a checkpoint (--ckpt_path)",
 }
+
+#: subcommand -> ("module:function" taking ``argv`` (the arguments after the subcommand), one-line description).
+EXTRA_COMMAND_INFO = {
+    "edit": ("segexpr.cli.edit:edit_main", "set the expression of photos by label or AU vector"),
+    "transfer": ("segexpr.cli.edit:transfer_main", "copy the expression of a reference photo onto photos"),
+    "evaluate": ("segexpr.cli.evaluate:main", "score a JointModule checkpoint (markdown table + JSON)"),
+    "export-synthetic": ("segexpr.data.export:main",
+                         "write SynthFACS in a real dataset's layout (CelebAMask-HQ, AffectNet, RaFD)"),
+    "demo": ("segexpr.demo:main", "serve the expression-editing browser demo (needs segexpr[demo])"),
+    "upgrade-checkpoint": ("segexpr.cli.upgrade:main", "rewrite a segexpr 0.1 JointModule checkpoint for today's code"),
+}
+#: subcommand -> "module:function" (kept for callers of the old table).
+EXTRA_COMMANDS = {name: target for name, (target, _) in EXTRA_COMMAND_INFO.items()}
+#: commands that run models: they get the torch thread setting.
+TORCH_COMMANDS = set(LIGHTNING_COMMANDS) | {"edit", "transfer", "evaluate", "demo"}
+
+
+class UserError(Exception):
+    """A mistake in the command line (bad option value, file in the way...): reported as one line, exit code 2."""
+
+
+#: Exceptions reported as ``segexpr <command>: <message>`` (exit code 1) instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError, FileExistsError,
+                                                 NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
+
+
+def usage() -> str:
+    """The text of ``segexpr --help``: every command with its one-line description."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *EXTRA_COMMAND_INFO])) + 2
+    lines = ["usage: segexpr <command> [options]   (segexpr <command> --help for a command's options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [f"  {name:<{width}}{text}" for name, (_, text) in EXTRA_COMMAND_INFO.items()]
+    lines += ["", "options of every command:",
+              f"  {'--threads N':<{width}}torch CPU threads (default: the free cores of this machine)",
+              f"  {'--debug':<{width}}show tracebacks instead of one-line errors"]
+    return "\n".join(lines)
+
+
+def default_threads() -> tuple[int, str]:
+    """Torch threads to use and why: the cores this process may use, minus the busy ones (load), at least 1."""
+    import torch
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, affinity))
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    free = max(1, usable - round(load))
+    return free, (f"{usable} usable core(s), 1-minute load {load:.1f} -> {free} free; "
+                  "--threads N to override")
+
+
+def set_threads(requested: int | None) -> int:
+    """Set torch's CPU threads (``requested``, else :func:`default_threads`) and print one line saying why."""
+    import torch
+
+    if requested is not None:
+        threads, why = requested, "--threads"
+    else:
+        threads, why = default_threads()
+    torch.set_num_threads(threads)
+    print(f"segexpr: using {threads} torch thread(s) ({why})", file=sys.stderr)
+    return threads
+
+
+def _pop_global_options(argv: list[str]) -> tuple[list[str], int | None, bool]:
+    """Remove ``--threads N`` / ``--threads=N`` and ``--debug`` from ``argv``."""
+    rest: list[str] = []
+    threads: int | None = None
+    debug = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--debug":
+            debug = True
+        elif arg == "--threads" or arg.startswith("--threads="):
+            if arg == "--threads":
+                if i + 1 >= len(argv):
+                    raise UserError("--threads needs a number")
+                value, i = argv[i + 1], i + 1
+            else:
+                value = arg.split("=", 1)[1]
+            try:
+                threads = int(value)
+            except ValueError:
+                raise UserError(f"--threads must be a whole number, got {value!r}") from None
+            if threads < 1:
+                raise UserError(f"--threads must be >= 1, got {threads}")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, threads, debug
+
+
+def _segexpr_cli_class():
+    """:class:`LightningCLI` with segexpr's run folders (defined on first use: Lightning is imported then)."""
+    from pytorch_lightning.cli import LightningCLI
+
+    class SegexprCLI(LightningCLI):
+        """LightningCLI that, before ``fit``, points ``<run root>/latest`` at the run's versioned folder.
+
+        With the CSVLogger of ``synthetic.yaml`` (``save_dir: outputs/synthetic``, ``name: ""``), every fit writes
+        into its own ``outputs/synthetic/version_N/`` (metrics.csv, ``checkpoints/``, ``result.png``: the
+        ModelCheckpoint and ResultImage default to the logger's folder), and ``outputs/synthetic/latest`` is a
+        symbolic link to the newest one, so ``outputs/synthetic/latest/checkpoints/last.ckpt`` is always the
+        newest run's last checkpoint. Where symbolic links are not allowed, ``latest.txt`` names the folder.
+        """
+
+        def before_fit(self) -> None:
+            update_latest_link(self.trainer)
+
+    return SegexprCLI
+
+
+def update_latest_link(trainer) -> Path | None:
+    """Point ``<log_dir>/../latest`` at the trainer's versioned log folder (global rank zero; else nothing)."""
+    if trainer.global_rank != 0 or trainer.logger is None or trainer.log_dir is None:
+        return None
+    log_dir = Path(trainer.log_dir)
+    if not log_dir.name.startswith("version_"):
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    link = log_dir.parent / "latest"
+    try:
+        if link.is_symlink():
+            link.unlink()
+        if link.exists():  # a real file or folder of the user's: leave it
+            return None
+        link.symlink_to(log_dir.name, target_is_directory=True)
+    except OSError:
+        (log_dir.parent / "latest.txt").write_text(f"{log_dir.name}\n")
+        return log_dir.parent / "latest.txt"
+    return link
 
 
 def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
-    """Build Lightning's CLI over every segexpr LightningModule and DataModule (subclass mode)."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.cli import LightningCLI
+    """Build Lightning's CLI over every segexpr LightningModule and DataModule (subclass mode).
 
-    return LightningCLI(
+    ``args=None`` reads ``sys.argv`` (the console); a list is for calls from Python (tests).
+    """
+    import pytorch_lightning as pl
+
+    return _segexpr_cli_class()(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
@@ -37,13 +183,49 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        module_name, func_name = EXTRA_COMMANDS[argv[0]].split(":")
-        return int(getattr(importlib.import_module(module_name), func_name)(argv[1:]) or 0)
-    lightning_cli(argv)
+def _run_lightning(argv: list[str]) -> int:
+    """LightningCLI on ``argv`` read as the process's own command line (no args/sys.argv warning)."""
+    saved = sys.argv
+    sys.argv = ["segexpr", *argv]
+    try:
+        lightning_cli(None)
+    finally:
+        sys.argv = saved
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``segexpr`` console command; returns the exit code (0 ok, 1 failed, 2 usage error)."""
+    console = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else None
+    debug = "--debug" in argv
+    try:
+        if command is None or command in ("-h", "--help", "help"):
+            print(usage(), file=sys.stdout if command else sys.stderr)
+            return 0 if command else 2
+        known = [*LIGHTNING_COMMANDS, *EXTRA_COMMAND_INFO]
+        if command not in known:
+            close = difflib.get_close_matches(command, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; see segexpr --help"
+            print(f"segexpr: unknown command '{command}'{hint}", file=sys.stderr)
+            return 2
+        rest, threads, debug = _pop_global_options(argv[1:])
+        # threads: from the console always (default: the free cores); from Python (tests) only when asked
+        if command in TORCH_COMMANDS and (console or threads is not None) and not ({"-h", "--help"} & set(rest)):
+            set_threads(threads)
+        if command in LIGHTNING_COMMANDS:
+            return _run_lightning([command, *rest])
+        module_name, func_name = EXTRA_COMMANDS[command].split(":")
+        return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = str(err) or type(err).__name__
+        if isinstance(err, ImportError) and not str(err):
+            message = f"missing package: {err.name}"
+        print(f"segexpr {command}: {message}" if command else f"segexpr: {message}", file=sys.stderr)
+        return 2 if isinstance(err, UserError) else 1
 
 
 if __name__ == "__main__":

@@ -449,7 +449,7 @@ class AffectNetDataModule(FaceDataModule):
         skip_invalid, verify: bad-input handling (see :mod:`segexpr.data.validation`).
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id (file stem).
         augment: train-time augmentation.
-        batch_size, num_workers, pin_memory, seed: see :class:`~segexpr.data.base.FaceDataModule`.
+        batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`.
 
     Test (and predict) use the validation set: AffectNet has no public test split.
     """
@@ -471,9 +471,10 @@ class AffectNetDataModule(FaceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        references: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-                         image_size=image_size)
+                         image_size=image_size, references=references)
         self.save_hyperparameters()
         if classes not in (7, 8):
             raise ValueError(f"classes must be 7 or 8, got {classes!r}")

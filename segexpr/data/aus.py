@@ -159,6 +159,9 @@ def load_aus(source: str | os.PathLike | Mapping[str, np.ndarray]) -> dict[str, 
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v, np.float32).reshape(NUM_AUS) for k, v in source.items()}
     p = Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"AU source not found: {p} (expected an OpenFace CSV folder, a .csv or GANimation's "
+                                f"aus_openface.pkl)")
     if p.is_dir():
         return read_openface_dir(p)
     if p.suffix == ".pkl":

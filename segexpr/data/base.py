@@ -202,6 +202,9 @@ class FaceDataModule(pl.LightningDataModule):
         pin_memory: passed to the DataLoaders.
         seed: base seed of the train shuffling (and, in subclasses, of dataset randomness/augmentation).
         image_size: side ``S`` of the square images the loaders yield.
+        references: give every item an unpaired reference (``reference_image`` and its labels): another item of
+            the same split, of another identity where the dataset knows identities
+            (:class:`~segexpr.data.references.WithReferences`). This is what the transfer task trains on.
 
     Subclasses call ``super().__init__(...)`` and ``self.save_hyperparameters()`` themselves (so their own
     arguments are recorded too); this base records its arguments when it is used directly.
@@ -214,6 +217,7 @@ class FaceDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         image_size: int = 128,
+        references: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -229,6 +233,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.seed = seed
         self.image_size = image_size
+        self.references = bool(references)
         self.datasets: dict[str, Dataset] = {}
         self._au_tables: dict[str, dict] = {}
         if type(self) is FaceDataModule:
@@ -278,7 +283,13 @@ class FaceDataModule(pl.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if split not in self.datasets:
-            self.datasets[split] = self.build_dataset(split)
+            dataset = self.build_dataset(split)
+            if self.references:
+                from segexpr.data.references import WithReferences
+
+                identity_ids = getattr(dataset, "identity_ids", None)
+                dataset = WithReferences(dataset, identity_ids() if callable(identity_ids) else None)
+            self.datasets[split] = dataset
         return self.datasets[split]
 
     # ----------------------------------------------------------------------------------------- loaders

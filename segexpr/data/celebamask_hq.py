@@ -398,7 +398,7 @@ class CelebAMaskHQDataModule(FaceDataModule):
         predict_split: which split ``predict`` uses (default ``"test"``).
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id.
         augment: train-time augmentation (flip with l/r swap, affine, colour jitter).
-        batch_size, num_workers, pin_memory, seed: see :class:`~segexpr.data.base.FaceDataModule`.
+        batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`.
     """
 
     def __init__(
@@ -417,9 +417,10 @@ class CelebAMaskHQDataModule(FaceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        references: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-                         image_size=image_size)
+                         image_size=image_size, references=references)
         self.save_hyperparameters()
         self.root = root
         self.label_order = label_order

@@ -50,7 +50,7 @@ from .labels import (
     expression_prototype,
 )
 
-FORMATS = ("celebamask-hq", "affectnet", "affectnet-npy", "rafd")
+FORMATS = ("celebamask-hq", "affectnet", "affectnet-npy", "rafd", "ganimation")
 AU_FORMATS = ("none", "openface", "ganimation")
 GROUND_TRUTH_FILE = "SynthFACS-ground-truth.npz"
 #: Real CelebA-HQ split sizes (train, val, test): the exported mapping reproduces these proportions.
@@ -269,8 +269,30 @@ def _export_rafd(out: Path, count: int, size: int, rng: np.random.Generator,
     return gt
 
 
+def _export_ganimation(out: Path, count: int, size: int, rng: np.random.Generator) -> dict[str, Any]:
+    """GANimation's layout: ``imgs/<id>.jpg``, ``train_ids.csv``/``test_ids.csv`` and (always) ``aus_openface.pkl``."""
+    n_train, _ = _split_counts(count, [0.8, 0.2])
+    gt: dict[str, list] = {k: [] for k in ("ids", "split", "identity", "expression", "aus", "landmarks")}
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    for i in range(count):
+        split = "train" if i < n_train else "test"
+        expression = int(rng.integers(len(EXPRESSIONS)))
+        aus = sample_aus(expression, rng)
+        identity = int(rng.integers(0, 10_000))
+        face = render_face(identity, aus, size, expression)
+        image_id = f"N_{i:010d}_{identity:05d}"
+        _save_jpeg(face["image"], out / "imgs" / f"{image_id}.jpg")
+        lists[split].append(f"{image_id}.jpg")
+        for key, value in (("ids", image_id), ("split", split), ("identity", identity), ("expression", expression),
+                           ("aus", aus), ("landmarks", face["landmarks"])):
+            gt[key].append(value)
+    for split, names in lists.items():
+        (out / f"{split}_ids.csv").write_text("\n".join(names) + "\n")
+    return gt
+
+
 def export_synthetic(
-    format: Literal["celebamask-hq", "affectnet", "affectnet-npy", "rafd"],
+    format: Literal["celebamask-hq", "affectnet", "affectnet-npy", "rafd", "ganimation"],
     out: str | os.PathLike,
     count: int,
     size: int,
@@ -290,12 +312,13 @@ def export_synthetic(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     writer = {"celebamask-hq": _export_celebamask_hq, "affectnet": _export_affectnet,
-              "affectnet-npy": _export_affectnet_npy, "rafd": _export_rafd}[format]
+              "affectnet-npy": _export_affectnet_npy, "rafd": _export_rafd, "ganimation": _export_ganimation}[format]
     gt = writer(out, count, size, rng)
     arrays = {k: np.asarray(v) for k, v in gt.items()}
     arrays["aus"] = arrays["aus"].astype(np.float32)
     arrays["landmarks"] = arrays["landmarks"].astype(np.float32)
-    _write_aus(out, aus, list(arrays["ids"]), arrays["aus"])
+    # GANimation's layout includes its AU pickle by definition
+    _write_aus(out, "ganimation" if format == "ganimation" else aus, list(arrays["ids"]), arrays["aus"])
     np.savez_compressed(out / GROUND_TRUTH_FILE, **arrays)
     return arrays
 

@@ -261,6 +261,10 @@ class RaFD(IndexedFaceDataset):
     def targets(self) -> list[int]:
         return [r.expression for r in self.records]
 
+    def identity_ids(self) -> list[int]:
+        """Per-index subject id (``-1`` when the layout has none): references are drawn from other subjects."""
+        return [r.subject for r in self.records]
+
     @property
     def subjects_present(self) -> set[int]:
         """Subject ids in this split (empty set of known subjects when the layout has none)."""
@@ -293,7 +297,7 @@ class RaFDDataModule(FaceDataModule):
         skip_invalid, verify: bad-input handling.
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id (file stem).
         augment: train-time augmentation.
-        batch_size, num_workers, pin_memory, seed: see :class:`~segexpr.data.base.FaceDataModule`; ``seed``
+        batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`; ``seed``
             also seeds the subject split.
     """
 
@@ -314,9 +318,10 @@ class RaFDDataModule(FaceDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        references: bool = False,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-                         image_size=image_size)
+                         image_size=image_size, references=references)
         self.save_hyperparameters()
         self.root, self.angles, self.gazes = root, tuple(angles), tuple(gazes)
         self.val_fraction, self.test_fraction, self.crop = val_fraction, test_fraction, crop

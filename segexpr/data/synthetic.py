@@ -830,13 +830,16 @@ class SyntheticFacesDataModule(FaceDataModule):
     def __init__(self, size: int = 128, train_length: int = 10000, val_length: int = 500, test_length: int = 500,
                  seed: int = 0, pairs: bool = False, augment: bool = True, identities: int | None = None,
                  batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
-                 image_size: int | None = None) -> None:
-        # Record the size the loaders yield (save_hyperparameters reads these locals): loggers merge these
-        # hparams with the model's (JointModule's image_size), and an unresolved None would disagree with it.
-        image_size = size if image_size is None else image_size
+                 image_size: int | None = None, references: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
-                         image_size=image_size)
+                         image_size=size if image_size is None else image_size, references=references)
+        if references and pairs:
+            raise ValueError("pairs=True already gives every item its (paired) reference; use references=True "
+                             "with pairs=False for unpaired references")
         self.save_hyperparameters()
+        # Record the size the loaders yield, not None: loggers merge these hparams with the model's (JointModule's
+        # image_size) and refuse keys that disagree. An explicit dict wins over LightningCLI's given config.
+        self.save_hyperparameters({**dict(self.hparams), "image_size": self.image_size})
         self.size = _check_size(size)
         for name, value in (("train_length", train_length), ("val_length", val_length), ("test_length", test_length)):
             if not isinstance(value, int) or value < 1:

@@ -140,7 +140,7 @@ class SynthFACSEditBenchmark:
         def transfer(images: Tensor, references: Tensor, landmarks: Tensor) -> Tensor:
             return module.transfer(images, references, landmarks=landmarks)
 
-        eval_networks = getattr(module, "_eval_networks", None)  # EMA weights when present: what edit() uses
+        eval_networks = getattr(module, "eval_networks", None)  # EMA weights when present: what edit() uses
         generator = eval_networks()[0] if callable(eval_networks) else getattr(module, "generator", None)
         encoder = generator.encode if callable(getattr(generator, "encode", None)) else None
         return self.evaluate_functions(edit, transfer, recognizer=recognizer, forbid=forbid, encoder=encoder,

@@ -2,7 +2,8 @@
 
 * :func:`evaluate_datamodule` -- edits up to ``count`` images of any ``LightningDataModule``'s test (else
   validation) loader to all 8 expressions and reports what can be measured without a ground-truth edit:
-  judged expression accuracy / AU error, FID/KID, approximate unwanted change, parsing mIoU and transfers.
+  judged expression accuracy / AU error, FID/KID, approximate unwanted change, parsing mIoU, transfers and
+  (with dlib) ``identity_distance``, the dlib face descriptor distance between each source and its edits.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from segexpr.metrics.distribution import frozen_eval
 
 def evaluate_datamodule(module: nn.Module, datamodule: pl.LightningDataModule, recognizer: nn.Module | None = None,
                         *, count: int = 256, fid_features: str = "auto", batch_size: int | None = None,
-                        dilation: int | None = None, device: torch.device | str | None = None) -> BenchmarkResult:
+                        dilation: int | None = None, device: torch.device | str | None = None,
+                        identity: bool | None = None, identity_count: int = 64) -> BenchmarkResult:
     """The subset of the benchmark that real data allows (no ground truth for an edit exists).
 
     Takes up to ``count`` images from the DataModule's test loader (else validation) and edits each to all
@@ -34,6 +36,12 @@ def evaluate_datamodule(module: nn.Module, datamodule: pl.LightningDataModule, r
     an approximation, see its docstring), ``parsing_miou`` when batches carry masks, and transfers to the
     next image of the batch (``transfer_au_mae``/``transfer_expression_accuracy`` vs its labels). Not
     measured: PSNR/SSIM (no ground truth) and identity leakage (needs identity-disjoint expression labels).
+
+    ``identity``: report ``identity_distance``, the mean Euclidean distance between dlib's 128-d face descriptors
+    (:func:`segexpr.faces.identity.identity_distance`) of each source and its 8 edits; lower keeps the identity
+    better, below 0.6 is dlib's "same person". It is dlib's descriptor, not ArcFace. ``None`` (default): on when
+    dlib is importable (``pip install 'segexpr[photo]'``); ``True`` without dlib is an ImportError. Measured on the
+    first ``identity_count`` images only (dlib's descriptor costs ~0.1-0.3 s per face on a CPU, 9 per image).
     """
     start = time.time()
     device = torch.device(device) if device is not None else next(module.parameters()).device
@@ -45,9 +53,11 @@ def evaluate_datamodule(module: nn.Module, datamodule: pl.LightningDataModule, r
         notes.append("no recogniser: expression accuracy and AU error are not measured")
     if recognizer is not None:
         assert_independent(recognizer, *forbid)
+    identity = _identity_available(identity, notes)
     loader = _evaluation_loader(datamodule)
     dilation = max(1, round(0.03 * size)) if dilation is None else dilation
-    run = _RealDataRun(module, judge, forbid, size, dilation, device)
+    run = _RealDataRun(module, judge, forbid, size, dilation, device,
+                       identity_count=identity_count if identity else 0)
     for batch in loader:
         if run.seen >= count:
             break
@@ -66,6 +76,22 @@ def evaluate_datamodule(module: nn.Module, datamodule: pl.LightningDataModule, r
                            seconds=time.time() - start)
 
 
+def _identity_available(identity: bool | None, notes: list[str]) -> bool:
+    """Whether to measure ``identity_distance``: as asked, or (``None``) when dlib is importable."""
+    if identity is False:
+        return False
+    try:
+        from segexpr.faces.detect import import_dlib  # the edge, imported on use
+
+        import_dlib()
+    except ImportError:
+        if identity:
+            raise
+        notes.append("identity_distance skipped: needs dlib (pip install 'segexpr[photo]')")
+        return False
+    return True
+
+
 def _evaluation_loader(datamodule: pl.LightningDataModule):
     """The DataModule's test loader, else its validation loader."""
     datamodule.setup("test")
@@ -80,8 +106,11 @@ class _RealDataRun:
     """The running metrics of :func:`evaluate_datamodule`, fed one loader batch at a time."""
 
     def __init__(self, module: nn.Module, judge: nn.Module | None, forbid: Sequence[nn.Module | None], size: int,
-                 dilation: int, device: torch.device) -> None:
+                 dilation: int, device: torch.device, identity_count: int = 0) -> None:
         self.module, self.size, self.dilation, self.device = module, size, dilation, device
+        self.identity_left = max(0, int(identity_count))
+        self.identity_distances: list[Tensor] = []
+        self.identity_fallbacks = 0
         self.segmenter = getattr(module, "segmenter", None)
         self.uc = UnwantedChange().to(device)
         self.edit_judge = ExpressionEditMetrics(judge, forbid=forbid).to(device) if judge is not None else None
@@ -103,10 +132,15 @@ class _RealDataRun:
             landmarks = landmarks[:take].to(device) * (size / batch["image"].shape[-1])
         changeable = self._changeable_area(batch, images, take)
         self.real.append(images)
+        measured = min(take, self.identity_left)
+        self.identity_left -= measured
+        sources = self._descriptors(images[:measured]) if measured else None
         for e in range(NUM_EXPRESSIONS):
             labels = torch.full((take,), e, dtype=torch.long, device=device)
             edited = self.module.edit(images, expression=labels, landmarks=landmarks).to(device).float().clamp(-1, 1)
             self.fake.append(edited)
+            if sources is not None:
+                self.identity_distances.append((self._descriptors(edited[:measured]) - sources).norm(dim=1))
             if changeable is not None:
                 self.uc.update(images, edited, changeable)
             if self.edit_judge is not None:
@@ -117,6 +151,14 @@ class _RealDataRun:
             ref_aus = batch["aus"][:take].roll(1, 0).to(device).float() if batch.get("aus") is not None else None
             self.tr_judge.update(out, batch["expression"][:take].roll(1, 0).to(device), ref_aus)
             self.transfers += take
+
+    def _descriptors(self, images: Tensor) -> Tensor:
+        """dlib face descriptors float ``[B, 128]`` of aligned face crops (counting template-box fallbacks)."""
+        from segexpr.faces.identity import face_descriptors
+
+        descriptors, fallback = face_descriptors(images.detach().float().cpu(), return_fallback=True)
+        self.identity_fallbacks += int(fallback.sum())
+        return torch.from_numpy(descriptors)
 
     def _changeable_area(self, batch: dict[str, Any], images: Tensor, take: int) -> Tensor | None:
         """Where an edit may change pixels: from the segmenter's prediction (scoring it on the batch's masks
@@ -161,4 +203,12 @@ class _RealDataRun:
             notes.append("unwanted change skipped: no segmenter and no masks")
         if int(self.parsing.confmat.sum()) > 0:
             metrics["parsing_miou"] = float(self.parsing.compute()["miou"])
+        if self.identity_distances:
+            distances = torch.cat(self.identity_distances)
+            metrics["identity_distance"] = float(distances.mean())
+            notes.append(f"identity_distance: dlib face descriptor distance (not ArcFace) between each source and its "
+                         f"8 edits, mean over {distances.numel()} pairs ({distances.numel() // NUM_EXPRESSIONS} sources); "
+                         "< 0.6 is dlib's same-person threshold"
+                         + (f"; no face detected in {self.identity_fallbacks} crop(s), dlib's template face box used"
+                            if self.identity_fallbacks else ""))
         return metrics

@@ -23,6 +23,7 @@ METRIC_DESCRIPTIONS: dict[str, str] = {
     "identity_cosine": "↑ cosine(source, edit) of the judge's features",
     "impostor_cosine": "cosine(edit, other identities' sources)",
     "identity_gap": "↑ identity_cosine - impostor_cosine",
+    "identity_distance": "↓ dlib face descriptor distance (not ArcFace), source vs edit; < 0.6 = same person",
     "transfer_expression_accuracy": "↑ judge says the transfer shows the reference's expression",
     "transfer_au_mae": "↓ judge's AUs on the transfer vs the reference's AUs",
     "transfer_psnr": "↑ dB, transfer vs render(source identity, reference AUs)",

@@ -41,10 +41,17 @@ from segexpr.ops.regions import crop
 
 __all__ = ["GANObjectives", "LossWeights", "Terms", "image_code_loss"]
 
-#: ``(fake, landmarks) -> generator region keyword arguments`` for a generated image (re-parse or reuse).
+#: ``(fake, landmarks) -> generator region keyword arguments`` for a generated image (an ablation hook; by
+#: default the cycle and swap-back passes reuse the source's region inputs).
 RegionsOf = Callable[[torch.Tensor, "torch.Tensor | None"], Mapping[str, Any]]
 #: ``purpose -> per-sample GP interpolation weights [B] or None`` (None: torch.rand).
 GPAlpha = Callable[[int], "torch.Tensor | None"]
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values [B]`` over ``valid [B]`` (bool), 0 when nothing is valid; no host synchronisation."""
+    weights = valid.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 class Terms(NamedTuple):
@@ -113,13 +120,19 @@ class GANObjectives:
         region_names: regions judged by the local critics (empty: no local critics).
         weights: the loss weights.
         adv_loss: ``"wgan-gp"``, ``"hinge"`` or ``"nonsaturating"``; au_loss: ``"mse"`` or ``"l1"``.
-        regions_of: region keyword arguments of the generator for a *generated* image (the cycle and swap-back
-            pass); JointModule re-parses the fake with the segmenter, or reuses the source's landmarks.
+        regions_of: ``None`` (default, the paper's path): the cycle and swap-back passes reuse the *source's*
+            region inputs (``region_kwargs``), so the segmenter is neither run on fakes (no BatchNorm statistics
+            of generated images, no gradient path through a parse of the fake) nor run twice. A callable
+            ``(fake, landmarks) -> region kwargs`` overrides this (e.g. to re-parse the fake, an ablation).
+
+    Gradient paths into the segmenter are only the paper's: through the masks conditioning the generator
+    (fusion weights and crop boxes of the generator's own crops). The critics crop their regions at
+    *detached* boxes (:meth:`local_crops`), so the critics cannot move the boxes to make crops easier to judge.
     """
 
     def __init__(self, generator: nn.Module, coder: nn.Module, discriminator: nn.Module,
                  region_names: Sequence[str], weights: LossWeights, adv_loss: str, au_loss: str,
-                 regions_of: RegionsOf) -> None:
+                 regions_of: RegionsOf | None = None) -> None:
         self.generator, self.coder, self.discriminator = generator, coder, discriminator
         self.region_names = tuple(region_names)
         self.weights, self.adv_loss, self.au_loss = weights, adv_loss, au_loss
@@ -127,10 +140,19 @@ class GANObjectives:
 
     # ------------------------------------------------------------------ shared pieces
     def local_crops(self, images: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor | None:
-        """Region crops ``[B, R, 3, c, c]`` for the local critics, or ``None`` without boxes/regions."""
+        """Region crops ``[B, R, 3, c, c]`` for the local critics at *detached* boxes, or ``None`` without boxes.
+
+        The boxes are detached: GAN gradients reach the segmenter only through the masks that condition the
+        generator, never through where the critics look.
+        """
         if boxes is None or not self.region_names:
             return None
-        return crop(images, boxes, self.discriminator.crop_size)
+        return crop(images, boxes.detach(), self.discriminator.crop_size)
+
+    def _fake_regions(self, fake: torch.Tensor, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any]
+                      ) -> Mapping[str, Any]:
+        """Region inputs of a pass on a generated image: the source's (default) or ``regions_of``'s."""
+        return region_kwargs if self.regions_of is None else self.regions_of(fake, batch.get("landmarks"))
 
     def _adv_and_gp(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, real_scores: torch.Tensor,
                     gp_alpha: GPAlpha, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,20 +171,21 @@ class GANObjectives:
                  "local_adv": zero, "local_au": zero}
         if expression_target is not None:
             valid = expression_valid if expression_valid is not None else torch.ones_like(expression_target, dtype=torch.bool)
-            if bool(valid.any()):
-                terms["cls"] = expression_classification_loss(out["expression"][valid], expression_target[valid])
+            # Mean cross-entropy over the valid samples (0 when none), without a host synchronisation.
+            labels = torch.where(valid, expression_target.long(), torch.zeros_like(expression_target.long()))
+            per_sample = F.cross_entropy(out["expression"].float(), labels, reduction="none")
+            terms["cls"] = _masked_mean(per_sample, valid)
         if aus_target is not None:
             terms["au"] = au_regression_loss(out["aus"], aus_target, self.au_loss)
         crops = self.local_crops(fake.image, fake.boxes)
         if crops is not None:
-            region_targets = d.region_targets(aus_target) if aus_target is not None else None
-            count = len(self.region_names)
-            for index, region in enumerate(self.region_names):
-                local = d.local_d[region](crops[:, index])
-                terms["local_adv"] = terms["local_adv"] + adversarial_g_loss(self.adv_loss, local["adv"]) / count
-                if region_targets is not None:
-                    terms["local_au"] = terms["local_au"] + au_regression_loss(
-                        local["aus"], region_targets[region], self.au_loss) / count
+            # All regions' critics in one call; the mean over [B, R, ...] is the mean of the per-region means.
+            local_adv, features = d.local_scores(crops)
+            terms["local_adv"] = adversarial_g_loss(self.adv_loss, local_adv)
+            if aus_target is not None:
+                region_targets, local_aus = d.region_targets(aus_target), d.local_aus(features)
+                terms["local_au"] = torch.stack([au_regression_loss(local_aus[r], region_targets[r], self.au_loss)
+                                                 for r in self.region_names]).mean()
         return terms, out
 
     def _judged_total(self, terms: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -199,19 +222,28 @@ class GANObjectives:
         local_adv, local_gp, local_au = zero, zero, zero
         real_crops = self.local_crops(images, boxes)
         if real_crops is not None:
-            region_targets = d.region_targets(batch["aus"].float()) if batch.get("aus") is not None else None
-            fake_crops = [self.local_crops(fake, boxes) for fake in fakes]
-            share = len(fakes) * len(self.region_names)
-            for index, region in enumerate(self.region_names):
-                critic, real_region = d.local_d[region], real_crops[:, index]
-                out = critic(real_region)
-                for k, crops in enumerate(fake_crops):
-                    a, g = self._adv_and_gp(critic, real_region, crops[:, index], out["adv"], gp_alpha,
-                                            DRAW_GP + 10 * (index + 1) + k)
-                    local_adv, local_gp = local_adv + a / share, local_gp + g / share
-                if region_targets is not None:
-                    local_au = local_au + au_regression_loss(out["aus"], region_targets[region],
-                                                             self.au_loss) / len(self.region_names)
+            # All regions' critics in one call per set of crops. Means over [B, R, ...] are the means of the
+            # per-region means; the gradient penalty treats each (sample, region) crop as one sample, with the
+            # region's own interpolation weights, so it is the mean of the per-region penalties.
+            real_adv, real_features = d.local_scores(real_crops)
+            batch_size, regions = real_crops.shape[:2]
+
+            def critic(x: torch.Tensor) -> torch.Tensor:  # [B * R, 3, h, w] -> scores [B * R, 1, h', w']
+                return d.local_scores(x.reshape(batch_size, regions, *x.shape[1:]))[0].flatten(0, 1)
+
+            for k, fake in enumerate(fakes):
+                fake_crops = self.local_crops(fake, boxes)
+                local_adv = local_adv + adversarial_d_loss(self.adv_loss, real_adv,
+                                                           d.local_scores(fake_crops)[0]) / len(fakes)
+                if self.adv_loss == "wgan-gp" and w.gp > 0:
+                    alphas = [gp_alpha(DRAW_GP + 10 * (index + 1) + k) for index in range(regions)]
+                    alpha = None if any(a is None for a in alphas) else torch.stack(alphas, dim=1).flatten()
+                    local_gp = local_gp + gradient_penalty(critic, real_crops.flatten(0, 1), fake_crops.flatten(0, 1),
+                                                           weight=1.0, alpha=alpha) / len(fakes)
+            if batch.get("aus") is not None:
+                region_targets, local_aus = d.region_targets(batch["aus"].float()), d.local_aus(real_features)
+                local_au = torch.stack([au_regression_loss(local_aus[r], region_targets[r], self.au_loss)
+                                        for r in self.region_names]).mean()
         terms = {"adv": adv, "gp": gp, "cls": cls, "au": au, "local_adv": local_adv, "local_gp": local_gp,
                  "local_au": local_au}
         total = (adv + w.gp * gp + w.cls * cls + w.au * au
@@ -225,7 +257,8 @@ class GANObjectives:
             batch["aus"].float() if batch.get("aus") is not None else None, self.au_loss)
 
     def manipulation_loss(self, batch: Mapping[str, Any], targets: Mapping[str, torch.Tensor],
-                     region_kwargs: Mapping[str, Any], code_source: torch.Tensor) -> Terms:
+                     region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
+                     au_free: torch.Tensor | None = None) -> Terms:
         """Edit to the sampled targets (:func:`~segexpr.gan.targets.sample_manipulation_targets`), cycle back.
 
         Terms are prefixed ``manipulate/``; ``edit_l1_gt`` (a diagnostic, not in the total) is the L1 to the
@@ -234,9 +267,11 @@ class GANObjectives:
         w = self.weights
         images = batch["image"]
         code_target = target_codes(self.coder, targets)
-        fake = self.generator(images, code_target, **region_kwargs)
-        terms, _ = self._judge_fake(fake, targets["aus"], targets["expression"], targets["expression_valid"])
-        reconstructed = self.generator(fake.image, code_source, **self.regions_of(fake.image, batch.get("landmarks")))
+        fake = self.generator(images, code_target, **region_kwargs, au_free=au_free)
+        # Only heads that learned from the data judge the edit (see sample_manipulation_targets).
+        terms, _ = self._judge_fake(fake, targets.get("critic_aus", targets["aus"]), targets["expression"],
+                                    targets["expression_valid"])
+        reconstructed = self.generator(fake.image, code_source, **self._fake_regions(fake.image, batch, region_kwargs))
         terms["cycle_l1"] = cycle_loss(reconstructed.image, images)
         terms["attention"] = self.attention_loss(fake, reconstructed)
         # The target codes must read back as their targets, so label/AU codes stay readable as AUs.
@@ -245,15 +280,18 @@ class GANObjectives:
                  + w.code * terms["code"])
         out = {f"manipulate/{k}": v for k, v in terms.items()}
         valid = targets.get("truth_valid")
-        if valid is not None and bool(valid.any()):
-            paired = F.l1_loss(fake.image[valid].float(), targets["truth"][valid].float())
+        if valid is not None:
+            # L1 over the samples whose answer is known (0 for a batch with none), without a host synchronisation.
+            per_sample = (fake.image.float() - targets["truth"].float()).abs().flatten(1).mean(1)
+            paired = _masked_mean(per_sample, valid)
             out["edit_l1_gt"] = paired.detach()
             if w.paired > 0:
                 out["manipulate/paired_l1"] = paired
                 total = total + w.paired * paired
         return Terms(out, total)
 
-    def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor) -> Terms:
+    def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
+                      au_free: torch.Tensor | None = None) -> Terms:
         """Swap the reference's code in: self-reconstruction, swap, swap-back, swap consistency, mc-adversarial.
 
         Terms are prefixed ``transfer/``; ``transfer_l1_gt`` is a diagnostic against ``transfer_target``.
@@ -261,20 +299,23 @@ class GANObjectives:
         w = self.weights
         images, references = batch["image"], batch["reference_image"]
         code_reference = self.coder.from_image(references)
-        self_rec = self.generator(images, code_source, **region_kwargs)
-        swapped = self.generator(images, code_reference, **region_kwargs)
+        if au_free is None:  # one encoding of the source images for both passes
+            au_free = self.generator.encode(images)
+        self_rec = self.generator(images, code_source, **region_kwargs, au_free=au_free)
+        swapped = self.generator(images, code_reference, **region_kwargs, au_free=au_free)
         ref_aus = batch.get("reference_aus")
         terms, swapped_d = self._judge_fake(swapped, ref_aus.float() if ref_aus is not None else None,
                                             batch.get("reference_expression"), None)
         with torch.no_grad():
             self_d = self.discriminator.global_d(self_rec.image)
-        swap_back = self.generator(swapped.image, code_source,
-                                   **self.regions_of(swapped.image, batch.get("landmarks")))
+        swap_back = self.generator(swapped.image, code_source, **self._fake_regions(swapped.image, batch, region_kwargs))
         terms["recon_l1"] = self_reconstruction_loss(self_rec.image, images)
-        # Swap consistency (a): D's outputs on swaps match their statistics on self-reconstructions.
-        terms["swap_stats"] = statistics_matching_loss(
-            {"adv": swapped_d["adv"], "expression": swapped_d["expression"].softmax(1), "aus": swapped_d["aus"]},
-            {"adv": self_d["adv"], "expression": self_d["expression"].softmax(1), "aus": self_d["aus"]})
+        # Swap consistency (a): the critic's real/fake scores on swaps match their statistics on
+        # self-reconstructions: a swap must look as real as a reconstruction. Only the ``adv`` scores: a swap carries
+        # the *reference's* expression, so its expression softmax and AU outputs must differ from the
+        # self-reconstruction's (matching them would pull every swap back toward the source's expression and fight
+        # the classification terms that judge the swap against the reference's labels).
+        terms["swap_stats"] = statistics_matching_loss({"adv": swapped_d["adv"]}, {"adv": self_d["adv"]})
         # Swap consistency (b): the swap-back cycle.
         terms["swap_cycle_l1"] = cycle_loss(swap_back.image, images)
         terms["attention"] = self.attention_loss(self_rec, swapped, swap_back)

@@ -173,9 +173,22 @@ def gan_optimizers(discriminator: nn.Module, generator: nn.Module, coder: nn.Mod
 
 
 def check_finite(terms: dict[str, torch.Tensor], total: torch.Tensor, which: str, where: str) -> None:
-    """Raise ``FloatingPointError`` naming the non-finite terms of a ``which`` loss (before its backward)."""
-    if bool(torch.isfinite(total)):
+    """Raise ``FloatingPointError`` naming the non-finite terms of a ``which`` loss (before its backward).
+
+    Under DDP every rank raises when any rank's loss is non-finite (one tiny all-reduce): a rank that raised
+    alone would leave the others waiting forever in the next gradient all-reduce.
+    """
+    finite = bool(torch.isfinite(total))
+    world = distributed_world_size()
+    if world > 1:
+        flag = torch.tensor([0.0 if finite else 1.0], device=total.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if finite and float(flag) > 0:
+            raise FloatingPointError(f"JointModule: non-finite {which} loss on another rank at {where} "
+                                     f"(this rank {dist.get_rank()} of {world} stops with it)")
+    if finite:
         return
     bad = [name for name, value in terms.items() if not bool(torch.isfinite(value).all())]
-    raise FloatingPointError(f"JointModule: non-finite {which} loss ({', '.join(bad) or 'total'}) at {where}: "
+    rank = f" on rank {dist.get_rank()} of {world}" if world > 1 else ""
+    raise FloatingPointError(f"JointModule: non-finite {which} loss ({', '.join(bad) or 'total'}){rank} at {where}: "
                              f"{ {k: float(v.detach()) for k, v in terms.items()} }")

@@ -114,10 +114,18 @@ def sample_manipulation_targets(batch: Mapping[str, Any], keys: torch.Tensor, st
         label_target_probability: share of label targets when donors exist.
 
     Returns:
-        ``labels`` int64 [B], ``use_label`` bool [B], ``aus`` float [B, 17] (the AU target), ``donor_aus`` float
-        [B, 17], ``expression`` int64 [B] and ``expression_valid`` bool [B] (the expression target: the label,
-        or the donor's real expression when known); plus ``truth`` [B, 3, H, W] / ``truth_valid`` bool [B] where
-        the data knows the edit's answer (a label's ``edit_target``; a reference donor's ``transfer_target``).
+        ``labels`` int64 [B], ``use_label`` bool [B], ``aus`` float [B, 17] (the AU target, read back from the
+        target code by the coder), ``donor_aus`` float [B, 17], ``expression`` int64 [B] and ``expression_valid``
+        bool [B] (the expression target: the label, or the donor's real expression when known), ``critic_aus``
+        (the AU target the critic's AU heads judge, or ``None``); plus ``truth`` [B, 3, H, W] / ``truth_valid``
+        bool [B] where the data knows the edit's answer (a label's ``edit_target``; a reference donor's
+        ``transfer_target``).
+
+    Only what the critic learned steers the generator. The critic's expression head trains on the batch's
+    ``expression`` labels and its AU heads on the batch's ``aus``, so: without ``expression`` labels no target
+    is a label (every target is a donor's AUs) and ``expression_valid`` is false unless the donor's expression
+    is known; without ``aus`` the targets are labels, whose prototype AUs still train the coder's readout
+    (``aus``) but ``critic_aus`` is ``None`` (the AU heads never saw an AU label, so they judge nothing).
     """
     images = batch["image"]
     size, device = images.shape[0], images.device
@@ -130,19 +138,24 @@ def sample_manipulation_targets(batch: Mapping[str, Any], keys: torch.Tensor, st
         labels = (keyed_uniform(keys, step, DRAW_LABEL) * NUM_EXPRESSIONS).long().clamp_(max=NUM_EXPRESSIONS - 1)
     prototype_aus = prototypes[labels]
     mode, donor_expression = None, None
-    if batch.get("aus") is not None:
-        mode, donor_aus, donor_expression = _donor(batch, au_donor, keys, step)
-        use_label = keyed_uniform(keys, step, DRAW_USE_LABEL) < label_target_probability
-    else:
+    has_expression = batch.get("expression") is not None or batch.get("edit_expression") is not None
+    if batch.get("aus") is None:
         donor_aus = prototype_aus
         use_label = torch.ones(size, dtype=torch.bool, device=device)
+    else:
+        mode, donor_aus, donor_expression = _donor(batch, au_donor, keys, step)
+        if has_expression:
+            use_label = keyed_uniform(keys, step, DRAW_USE_LABEL) < label_target_probability
+        else:  # the expression head never saw a label: no label targets
+            use_label = torch.zeros(size, dtype=torch.bool, device=device)
     aus = torch.where(use_label[:, None], prototype_aus, donor_aus)
     if donor_expression is not None:
         expression, valid = torch.where(use_label, labels, donor_expression), torch.ones_like(use_label)
     else:
-        expression, valid = labels, use_label
+        expression, valid = labels, use_label & has_expression
     targets = {"labels": labels, "use_label": use_label, "aus": aus, "donor_aus": donor_aus,
-               "expression": expression, "expression_valid": valid}
+               "expression": expression, "expression_valid": valid,
+               "critic_aus": aus if batch.get("aus") is not None else None}
     # Ground truth of each edit where the data knows it: the label's render, or (reference donor) the
     # source identity rendered with the reference's AUs.
     answers = ((use_label, batch.get("edit_target") if batch.get("edit_expression") is not None else None),

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-__all__ = ["CheckpointError", "is_legacy_joint_hparams", "load_module", "load_segmenter_weights",
+__all__ = ["CheckpointError", "is_legacy_joint_hparams", "load_module", "load_segmenter_weights", "load_weights_file",
            "read_checkpoint", "upgrade_checkpoint", "upgrade_joint_hparams"]
 
 
@@ -19,19 +19,40 @@ class CheckpointError(ValueError):
     """A checkpoint file is unreadable, unsafe, or does not match the model it is loaded into."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint safely (``weights_only=True``) and check its structure."""
+def load_weights_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; errors name the file and never suggest unsafe loading."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on damage
-        raise CheckpointError(
-            f"cannot read checkpoint {path} safely (weights_only=True): {type(err).__name__}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(err)}") from None
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a Lightning checkpoint safely (``weights_only=True``) and check its structure."""
+    ckpt = load_weights_file(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' entry)")
     return ckpt
+
+
+def _load_failure(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with ``weights_only=False``
+    (which would let the file run code): the first line of its message, minus that advice."""
+    import re
+
+    text = str(err)
+    if "weights_only" in text or "Weights only load failed" in text:
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)|unsupported (?:global|class) ([\w.]+)", text, re.I)
+        what = f" (it needs {next(g for g in unsafe.groups() if g)})" if unsafe else ""
+        return ("it holds objects other than tensors and plain containers" + what + "; segexpr reads checkpoints "
+                "with weights_only=True only, so such a file is refused (is it a segexpr checkpoint from a trusted "
+                "source, undamaged?)")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    kind = type(err).__name__
+    return f"not a readable torch checkpoint, damaged or truncated ({kind}{': ' + first if first else ''})"
 
 
 def load_module(path: str | Path, expected: type | None = None, map_location: str | torch.device = "cpu"):
@@ -101,6 +122,8 @@ def upgrade_joint_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
         new["segmenter"] = None
     gen = dict((hparams.get("generator") or {}).get("init_args") or {})
     new["generator"] = {k: v for k, v in dict(gen.get("generator_kwargs") or {}).items() if k != "region_source"}
+    # segexpr 0.1 reproduced bit for bit: plain soft-mask moments, local generators in a loop over regions
+    new["generator"] = {"box_power": 1.0, "batch_regions": False, **new["generator"]}
     new["coder"] = dict(gen.get("coder_kwargs") or {})
     disc = dict((hparams.get("discriminator") or {}).get("init_args") or {})
     new["image_size"] = int(disc.get("image_size", 128))
@@ -133,13 +156,7 @@ def load_segmenter_weights(segmenter: torch.nn.Module, path: str | Path) -> None
     ``create_segmenter("bisenet", variant="face_parsing")``; a DataParallel ``module.`` prefix is removed). Read
     with ``weights_only=True``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... depending on damage
-        raise CheckpointError(f"cannot read {path} safely (weights_only=True): {type(err).__name__}: {err}") from err
+    ckpt = load_weights_file(path)
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
         state = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
         if not state:

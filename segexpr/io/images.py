@@ -1,6 +1,8 @@
-"""Image files in and out: float ``[3, H, W]`` tensors in ``[-1, 1]``."""
+"""Image files in and out: float ``[3, H, W]`` tensors in ``[-1, 1]``, or PIL images written atomically."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -8,9 +10,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "read_image", "write_image"]
+__all__ = ["IMAGE_SUFFIXES", "FORMATS", "image_inputs", "list_images", "open_image", "read_image", "save_image",
+           "write_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: ``--format`` choices -> (PIL format name, file suffix).
+FORMATS = {"png": ("PNG", ".png"), "jpg": ("JPEG", ".jpg"), "jpeg": ("JPEG", ".jpg"), "bmp": ("BMP", ".bmp"),
+           "webp": ("WEBP", ".webp"), "tif": ("TIFF", ".tif"), "tiff": ("TIFF", ".tiff")}
+_SUFFIX_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WEBP", ".tif": "TIFF",
+                   ".tiff": "TIFF"}
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -29,6 +37,70 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return found
+
+
+def image_inputs(paths: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """Files and folders (searched recursively) -> sorted ``(file, relative path)`` pairs for mirrored outputs.
+
+    With a single folder the relative paths are relative to it (``photos/a/face.jpg`` -> ``a/face.jpg``); with
+    several inputs they are relative to the inputs' common parent folder, so ``a/face.jpg`` and ``b/face.jpg``
+    keep distinct relative paths. A file given twice is listed once. Missing paths are an error.
+    """
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"input images not found: {', '.join(missing)}")
+    found: dict[Path, None] = {}
+    for p in paths:
+        if p.is_dir():
+            found.update((q.resolve(), None) for q in sorted(p.rglob("*"))
+                         if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found[p.resolve()] = None
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    roots = [p.resolve() if p.is_dir() else p.resolve().parent for p in paths]
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([str(r) for r in roots]))
+    return [(f, f.relative_to(base)) for f in found]
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file (any mode, EXIF untouched); unreadable files name themselves."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            copy = im.copy()  # keeps info (EXIF bytes, ICC, transparency) for exif_transpose and saving
+            copy.format = im.format
+            return copy
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``image`` to ``path`` atomically (a temp file in the same folder, then a rename; the format follows
+    the suffix). An existing ``path`` is an error unless ``overwrite``; alpha cannot go into JPEG/BMP."""
+    path = Path(path)
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it (nothing was written)")
+    if fmt in ("JPEG", "BMP") and ("A" in image.getbands() or image.mode == "P" and "transparency" in image.info):
+        raise ValueError(f"{path}: {fmt} cannot keep the image's alpha channel; write PNG/WEBP/TIFF instead "
+                         "(--format png)")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
+        image = image.convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+            image.save(stream, format=fmt, **extra)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def read_image(path: str | Path) -> torch.Tensor:

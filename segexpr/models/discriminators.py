@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS, REGION_AUS, REGION_NAMES
+from segexpr.models.generators.batched import can_stack, stacked_call
 from segexpr.ops.regions import crop
 
 LEAKY_SLOPE = 0.01  # StarGAN's critic slope
@@ -201,6 +202,9 @@ class AUDiscriminator(nn.Module):
         num_expressions, num_aus: label sizes.
         feature_hidden: width of the feature classifier.
         spectral_norm: spectral normalisation in the global and local critics.
+        batch_regions: run the local critics' trunks and real/fake heads as one batched call
+            (:func:`~segexpr.models.generators.batched.stacked_call`) instead of a loop over regions (not with
+            ``spectral_norm``); same function within float rounding, same state-dict keys.
 
     Attributes:
         region_aus: ``{region: tuple of AU indices}``; ``region_targets(aus)`` selects them, and each index set
@@ -222,6 +226,7 @@ class AUDiscriminator(nn.Module):
         local_n_layers: int = 3,
         feature_hidden: int = 128,
         spectral_norm: bool = False,
+        batch_regions: bool = True,
     ) -> None:
         super().__init__()
         regions = tuple(regions)
@@ -234,6 +239,7 @@ class AUDiscriminator(nn.Module):
                 raise ValueError(f"region_aus[{region!r}] = {tuple(region_aus[region])} must be non-empty indices "
                                  f"in [0, {num_aus})")
         self.regions = regions
+        self.batch_regions = batch_regions
         self.crop_size = crop_size
         self.num_aus = num_aus
         self.region_aus: dict[str, tuple[int, ...]] = {r: tuple(int(i) for i in region_aus[r]) for r in regions}
@@ -254,12 +260,34 @@ class AUDiscriminator(nn.Module):
             raise ValueError(f"region_targets expects aus [B, {self.num_aus}], got shape {tuple(aus.shape)}")
         return {r: aus.index_select(1, getattr(self, f"au_index_{r}")) for r in self.regions}
 
+    def local_scores(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real/fake scores ``[B, R, 1, h', w']`` and trunk features ``[B, R, C, h', w']`` of the local critics on
+        crops ``[B, R, 3, h, w]`` (one batched call with ``batch_regions``, else a loop over regions)."""
+        if crops.dim() != 5 or crops.shape[1] != len(self.regions):
+            raise ValueError(f"the local critics expect crops [B, {len(self.regions)}, 3, h, w], "
+                             f"got shape {tuple(crops.shape)}")
+        critics = [self.local_d[r] for r in self.regions]
+        trunks, heads = [c.trunk for c in critics], [c.adv_head for c in critics]
+        if self.batch_regions and can_stack(trunks) and can_stack(heads):
+            features = stacked_call(trunks, (crops, "LocalDiscriminator"), in_dims=(1, None), out_dims=1)
+            return stacked_call(heads, (features,), in_dims=(1,), out_dims=1), features
+        features = [c.trunk(crops[:, i], "LocalDiscriminator") for i, c in enumerate(critics)]
+        return (torch.stack([c.adv_head(f) for c, f in zip(critics, features)], dim=1),
+                torch.stack(features, dim=1))
+
+    def local_aus(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each region's AU predictions ``{region: [B, n_r]}`` from :meth:`local_scores`' features."""
+        pooled = features.mean(dim=(3, 4))
+        return {r: torch.sigmoid(self.local_d[r].au_head(pooled[:, i])) for i, r in enumerate(self.regions)}
+
     def forward_local(self, crops: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
         """Local critics on ready-made crops ``[B, R, 3, h, w]`` (R in ``regions`` order) -> ``{region: dict}``."""
         if crops.dim() != 5 or crops.shape[1] != len(self.regions):
             raise ValueError(f"forward_local expects crops [B, {len(self.regions)}, 3, h, w], "
                              f"got shape {tuple(crops.shape)}")
-        return {r: self.local_d[r](crops[:, i]) for i, r in enumerate(self.regions)}
+        adv, features = self.local_scores(crops)
+        aus = self.local_aus(features)
+        return {r: {"adv": adv[:, i], "aus": aus[r]} for i, r in enumerate(self.regions)}
 
     def forward(
         self, images: torch.Tensor, boxes: torch.Tensor | None = None, au_free: torch.Tensor | None = None

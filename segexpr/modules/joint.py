@@ -41,7 +41,8 @@ from segexpr.models.generators import REGION_SOURCES
 from segexpr.modules.ema import ExponentialMovingAverage
 from segexpr.modules.joint_diagnostics import EvaluationDiagnostics
 from segexpr.modules.hparams import constructor_arguments, strip_weight_sources
-from segexpr.modules.joint_setup import NETWORKS, build_joint_networks, check_batch, check_options, split_combined, tasks_for
+from segexpr.modules.joint_setup import (NETWORKS, build_joint_networks, check_batch, check_options,
+                                        check_parsing_anchor, split_combined, tasks_for)
 from segexpr.modules.samples import log_image_grid, sample_grid, sample_grid_columns
 from segexpr.ops.regions import region_inputs
 
@@ -134,10 +135,10 @@ class JointModule(pl.LightningModule):
                                f"again to JointModule.load_from_checkpoint")
         self.segmenter: nn.Module | None = nets["segmenter"]
         self.generator, self.coder, self.discriminator = nets["generator"], nets["coder"], nets["discriminator"]
+        self._segmenter_initialized = False  # a parser's weights were loaded (see check_parsing_anchor)
+        self._anchor_checked = False
         if segmenter_weights is not None:
-            from segexpr.io.checkpoints import load_segmenter_weights  # reads a user's file: I/O on use only
-
-            load_segmenter_weights(self.segmenter, segmenter_weights)
+            self.initialize_segmenter(segmenter_weights)
         self.image_size = int(image_size)
         self.region_groups = {r: REGION_GROUPS[r] for r in self.generator.regions if r in REGION_GROUPS}
         self.segmenter_trainable = bool(joint and region_source == "segmenter" and self.segmenter is not None)
@@ -148,7 +149,7 @@ class JointModule(pl.LightningModule):
                     if ema_decay is not None else None)
         self.register_buffer("expression_prototypes", expression_prototypes(), persistent=False)
         self.objectives = GANObjectives(self.generator, self.coder, self.discriminator, self.region_names,
-                                        LossWeights.from_hparams(arguments), adv_loss, au_loss, self._regions_of_fake)
+                                        LossWeights.from_hparams(arguments), adv_loss, au_loss)
         self.automatic_optimization = False
         self._train_batches = 0  # training batches seen (drives n_critic, warm-up and sample logging; checkpointed)
         self._optimizer_names: list[str] = []
@@ -204,11 +205,21 @@ class JointModule(pl.LightningModule):
         return self.editor.regions(images, landmarks=landmarks)
 
     def _segment(self, images: torch.Tensor, with_grad: bool) -> torch.Tensor:
-        """Parsing logits ``[B, 19, H, W]``; gradients only when the segmenter is trainable and ``with_grad``."""
+        """Parsing logits ``[B, 19, H, W]``; gradients only when the segmenter is trainable and ``with_grad``.
+
+        A pass without gradients runs the segmenter in eval mode (mode restored after), so only the generator
+        step's pass on real images updates its BatchNorm statistics (once per G step, as in the paper's
+        training), not the discriminator steps' no-grad passes.
+        """
         if with_grad and self.segmenter_trainable:
             return self.segmenter(images)
-        with torch.no_grad():
-            return self.segmenter(images).detach()
+        was_training = self.segmenter.training
+        self.segmenter.eval()
+        try:
+            with torch.no_grad():
+                return self.segmenter(images).detach()
+        finally:
+            self.segmenter.train(was_training)
 
     def _region_inputs(self, images: torch.Tensor, landmarks: torch.Tensor | None, with_grad: bool
                        ) -> tuple[dict[str, torch.Tensor | None], torch.Tensor | None]:
@@ -216,10 +227,6 @@ class JointModule(pl.LightningModule):
         source = self.hparams.region_source
         logits = self._segment(images, with_grad) if source == "segmenter" else None
         return region_inputs(source, images, logits=logits, landmarks=landmarks, groups=self.region_groups), logits
-
-    def _regions_of_fake(self, fake: torch.Tensor, landmarks: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-        # The segmenter re-parses the edit (a new mouth shape has a new mask); landmarks are reused from the source.
-        return self._region_inputs(fake, landmarks, with_grad=True)[0]
 
     def _where(self) -> str:
         return f"global step {self.global_step} (training batch {self._train_batches})"
@@ -265,6 +272,34 @@ class JointModule(pl.LightningModule):
         self.manual_backward(loss)
         optimizer_step(optimizer, self._world_size())
 
+    def initialize_segmenter(self, source: str | Mapping[str, torch.Tensor]) -> None:
+        """Load the segmenter's weights from a file (see ``segmenter_weights``) or a state_dict (strict)."""
+        if self.segmenter is None:
+            raise ValueError("this JointModule has no segmenter to initialise")
+        if isinstance(source, Mapping):
+            self.segmenter.load_state_dict(source)
+        else:
+            from segexpr.io.checkpoints import load_segmenter_weights  # reads a user's file: I/O on use only
+
+            load_segmenter_weights(self.segmenter, source)
+        self._segmenter_initialized = True
+
+    def on_fit_start(self) -> None:
+        # A frozen segmenter that never learned to parse gives random regions for the whole run.
+        if (self.hparams.region_source == "segmenter" and not self.segmenter_trainable
+                and not self._segmenter_initialized and self.trainer.ckpt_path is None):
+            raise ValueError("joint=False freezes the segmenter, but it was never initialised: its regions would be "
+                             "random for the whole run. Set segmenter_weights (a SegmenterModule checkpoint or "
+                             "face-parsing.PyTorch's 79999_iter.pth), call initialize_segmenter(), or train it "
+                             "jointly (joint=True) with a parsing anchor")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if not self._anchor_checked:
+            check_parsing_anchor(batch, self.segmenter_trainable, self._segmenter_initialized,
+                                 self.hparams.lambda_seg, self.trainer.ckpt_path is not None,
+                                 self.hparams.segmenter_warmup_steps)
+            self._anchor_checked = True
+
     def configure_model(self) -> None:
         """Compile the networks when ``compile`` is set (in place, so state-dict keys stay unchanged)."""
         option = self.hparams.get("compile", False)
@@ -283,9 +318,10 @@ class JointModule(pl.LightningModule):
         tasks = tasks_for(batch, self.uses_manipulate, self.uses_transfer, hp.task)
         images = batch["image"]
         opts = self._named_optimizers()
-        if self._world_size() > 1:
-            # Keep Lightning's DDP wrapper but never arm its reducer; gradients are averaged per optimiser step
-            # instead (segexpr.gan.stepping), so several backward passes per batch need no find_unused_parameters.
+        if self._trainer is not None:
+            # Keep Lightning's DDP wrapper but never arm its reducer (also with one device: its bookkeeping breaks
+            # on several backward passes per batch); gradients are averaged per optimiser step instead
+            # (segexpr.gan.stepping), so no find_unused_parameters. A no-op without DDP.
             disable_reducer(self.trainer.model)
         if self._train_batches < hp.segmenter_warmup_steps and self.segmenter_trainable:
             return self._segmenter_warmup_step(batch, parsing)
@@ -300,8 +336,9 @@ class JointModule(pl.LightningModule):
             fakes, boxes, au_free = [], None, None
             codes = ([target_codes(self.coder, targets)] if targets is not None else []) + (
                 [self.coder.from_image(batch["reference_image"])] if "transfer" in tasks else [])
+            encoded = self.generator.encode(images) if codes else None  # once for every code
             for code in codes:
-                out = self.generator(images, code, **region_kwargs)
+                out = self.generator(images, code, **region_kwargs, au_free=encoded)
                 fakes.append(out.image)
                 boxes, au_free = out.boxes, out.au_free
         d = self.objectives.discriminator_loss(batch, fakes, boxes, self._gp_alpha)
@@ -341,10 +378,12 @@ class JointModule(pl.LightningModule):
         self.toggle_optimizer(g_opt)
         region_kwargs, logits = self._region_inputs(images, batch.get("landmarks"), with_grad=True)
         code_source = self.coder.from_image(images)
+        au_free = self.generator.encode(images)  # the source images are encoded once for every pass on them
         terms: dict[str, torch.Tensor] = {}
         total = images.new_zeros(())
-        parts = ([self.objectives.manipulation_loss(batch, targets, region_kwargs, code_source)] if "manipulate" in tasks
-                 else []) + ([self.objectives.transfer_loss(batch, region_kwargs, code_source)] if "transfer" in tasks else [])
+        parts = ([self.objectives.manipulation_loss(batch, targets, region_kwargs, code_source, au_free)]
+                 if "manipulate" in tasks else []) + (
+            [self.objectives.transfer_loss(batch, region_kwargs, code_source, au_free)] if "transfer" in tasks else [])
         for part in parts:
             terms.update(part.terms)
             total = total + part.total
@@ -442,6 +481,7 @@ class JointModule(pl.LightningModule):
         strip_weight_sources(checkpoint, ("segmenter_weights",), ("segmenter", "pretrained_backbone"))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._segmenter_initialized = True  # the checkpoint's weights
         self._train_batches = int(checkpoint.get("segexpr_train_batches", 0))
         if "segexpr_key_generator" in checkpoint:
             self._key_generator = torch.Generator()

@@ -9,7 +9,8 @@ from torch import nn
 from segexpr.data.labels import REGION_GROUPS
 from segexpr.models.factory import build_network
 
-__all__ = ["NETWORKS", "build_joint_networks", "check_batch", "check_options", "split_combined", "tasks_for"]
+__all__ = ["NETWORKS", "build_joint_networks", "check_batch", "check_options", "check_parsing_anchor",
+           "split_combined", "tasks_for"]
 
 #: JointModule's network arguments, in construction order of their configs.
 NETWORKS: tuple[str, ...] = ("segmenter", "generator", "coder", "discriminator")
@@ -122,11 +123,14 @@ def check_batch(batch: Mapping[str, Any], task: str | None, image_size: int) -> 
         raise ValueError(f"JointModule was built for image_size={image_size} but the batch's images are "
                          f"{size[0]}x{size[1]}; set image_size={size[0]} (model) or the data's image size to "
                          f"{image_size}")
-    if task == "transfer" and batch.get("reference_image") is None:
-        raise KeyError("task='transfer' needs batches with 'reference_image' (e.g. SyntheticFacesDataModule(pairs=True))")
-    if task == "manipulate" and batch.get("expression") is None and batch.get("aus") is None:
-        raise KeyError("task='manipulate' needs 'expression' and/or 'aus' labels (the discriminator learns to "
-                       "classify real images)")
+    if task in ("transfer", "both") and batch.get("reference_image") is None:
+        raise KeyError(f"task={task!r}: the transfer losses (swap, swap consistency, multi-class adversarial) need "
+                       f"'reference_image' in the batch, which has {sorted(batch)}; give the DataModule "
+                       f"references=True (unpaired references from the dataset) or use task='manipulate'")
+    if task in ("manipulate", "both") and batch.get("expression") is None and batch.get("aus") is None:
+        raise KeyError(f"task={task!r}: the manipulation losses (label/AU targets judged by the critic's heads) need "
+                       f"'expression' and/or 'aus' labels in the batch, which has {sorted(batch)}; add an AU source "
+                       f"(aus=...) or use task='transfer'")
 
 
 def tasks_for(batch: Mapping[str, Any], manipulate: bool, transfer: bool, task: str) -> list[str]:
@@ -140,3 +144,27 @@ def tasks_for(batch: Mapping[str, Any], manipulate: bool, transfer: bool, task: 
         raise KeyError(f"task={task!r}: this batch has neither labels ('expression'/'aus') nor 'reference_image'; "
                        f"keys: {sorted(batch)}")
     return tasks
+
+
+def check_parsing_anchor(batch: Mapping[str, Any], trainable: bool, initialized: bool, lambda_seg: float,
+                         resumed: bool, warmup_steps: int = 0) -> None:
+    """Refuse joint training of a segmenter that nothing keeps a parser (checked on the first training batch).
+
+    GAN gradients alone erase a parser (measured on this project): a jointly trained segmenter needs parsing
+    supervision in the data (``mask`` in the batch, or the parsing half of a ``CombinedDataModule``) with
+    ``lambda_seg > 0``, or a pretrained start (``segmenter_weights``), or a resumed checkpoint.
+    """
+    if not trainable or initialized or resumed:
+        return
+    gan, parsing = split_combined(batch)
+    has_masks = (parsing is not None) or gan.get("mask") is not None
+    if warmup_steps > 0 and not has_masks:
+        raise KeyError("segmenter_warmup_steps > 0 needs batches with 'mask' (or a CombinedDataModule parsing "
+                       f"batch); keys: {sorted(gan)}")
+    if has_masks and lambda_seg > 0:
+        return
+    reason = "lambda_seg is 0" if has_masks else "the data has no parsing masks"
+    raise ValueError(f"joint=True trains the segmenter with GAN gradients, but nothing anchors it as a parser "
+                     f"({reason}; batch keys {sorted(batch)}). Start it from a parser (segmenter_weights=PATH), "
+                     f"add parsing supervision (CombinedDataModule(expression=..., parsing=CelebAMaskHQDataModule(...))"
+                     f" with lambda_seg > 0), or freeze a pretrained one (joint=False)")

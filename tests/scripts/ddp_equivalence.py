@@ -39,7 +39,10 @@ def build_module(**overrides) -> JointModule:
                   sample_every_n_steps=0, lr=1e-3)
     kwargs.update(overrides)
     # GroupNorm: per-sample statistics, so 2 ranks x 4 equal 1 process x 8 (SyncBatchNorm needs a GPU)
-    return tiny_joint_module(SIZE, segmenter_norm="group", **kwargs)
+    module = tiny_joint_module(SIZE, segmenter_norm="group", **kwargs)
+    # lambda_seg=0: its own initial weights stand in for a pretrained parser (the parsing anchor JointModule asks for)
+    module.initialize_segmenter(module.segmenter.state_dict())
+    return module
 
 
 class RecordKeys(pl.Callback):
@@ -60,12 +63,25 @@ class RecordKeys(pl.Callback):
         self.reducer_off.append(isinstance(model, DistributedDataParallel) and not model.require_backward_grad_sync)
 
 
+class PoisonBatch(pl.Callback):
+    """Fill one rank's second training batch with NaN (a rank-local failure)."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank == self.rank and batch_idx == 1:
+            batch["image"].fill_(float("nan"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--batch-size", type=int, required=True, help="per-rank batch size")
     parser.add_argument("--batches", type=int, default=4, help="training batches per rank")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--strategy", default=None, help="force 'ddp' (also with one device)")
+    parser.add_argument("--nan-rank", type=int, default=None, help="make this rank's second batch NaN")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
@@ -74,10 +90,11 @@ def main() -> None:
     data = SyntheticFacesDataModule(size=SIZE, train_length=args.batches * args.batch_size * args.devices,
                                     val_length=4, test_length=4, pairs=True, augment=False, identities=4,
                                     batch_size=args.batch_size, seed=3)
-    strategy = (DDPStrategy(process_group_backend="gloo", find_unused_parameters=False) if args.devices > 1
-                else "auto")
+    strategy = (DDPStrategy(process_group_backend="gloo", find_unused_parameters=False)
+                if args.devices > 1 or args.strategy == "ddp" else "auto")
     recorder = RecordKeys()
-    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=1, callbacks=[recorder],
+    callbacks: list[pl.Callback] = [recorder] + ([PoisonBatch(args.nan_rank)] if args.nan_rank is not None else [])
+    trainer = pl.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_epochs=1, callbacks=callbacks,
                          limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=data)

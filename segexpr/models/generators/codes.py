@@ -94,9 +94,13 @@ class ExpressionCoder(nn.Module):
         if expression.dim() != 1 or expression.dtype.is_floating_point:
             raise ValueError(f"from_label expects int64 labels [B], got shape {tuple(expression.shape)} "
                              f"dtype {expression.dtype}")
-        if expression.numel() and (int(expression.min()) < 0 or int(expression.max()) >= self.num_expressions):
-            raise ValueError(f"expression labels must be in [0, {self.num_expressions}), got values in "
-                             f"[{int(expression.min())}, {int(expression.max())}]")
+        if expression.numel():
+            in_range = ((expression >= 0) & (expression < self.num_expressions)).all()
+            if expression.device.type != "cpu":  # checked on the device: no host synchronisation in training
+                torch._assert_async(in_range, f"expression labels must be in [0, {self.num_expressions})")
+            elif not bool(in_range):
+                raise ValueError(f"expression labels must be in [0, {self.num_expressions}), got values in "
+                                 f"[{int(expression.min())}, {int(expression.max())}]")
         expression = expression.long()
         return self.from_aus(self.prototypes[expression]) + self.label_offset(expression)
 

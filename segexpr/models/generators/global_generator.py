@@ -180,13 +180,17 @@ class GlobalGenerator(nn.Module):
         attention = torch.sigmoid(self.attention_head(h))[..., :height, :width]
         return color, attention
 
-    def forward(self, image: torch.Tensor, code: torch.Tensor) -> GlobalOutput:
+    def forward(self, image: torch.Tensor, code: torch.Tensor, au_free: torch.Tensor | None = None) -> GlobalOutput:
         """Edit ``image`` ``[B, 3, H, W]`` in ``[-1, 1]`` toward ``code`` ``[B, code_dim]``.
+
+        ``au_free``: ``encode(image)`` when the caller already has it (several codes applied to the same images
+        encode them once); it must be the features of ``image``.
 
         Returns:
             :class:`GlobalOutput` with ``image = attention * image + (1 - attention) * color``.
         """
-        au_free = self.encode(image)
+        if au_free is None:
+            au_free = self.encode(image)
         color, attention = self.decode(au_free, code, tuple(image.shape[-2:]))
         return GlobalOutput(
             image=attention * image + (1 - attention) * color, color=color, attention=attention, au_free=au_free

@@ -1,0 +1,190 @@
+"""Rehearsal of real-data training on SynthFACS exported in the real layouts, judged on held-out identities.
+
+    python examples/benchmarks/real_layout_rehearsal.py --batches 3000 --out docs/results_rehearsal.md
+
+For each real-data config (``examples/configs/*.yaml``) the script exports SynthFACS in that dataset's release
+layout (``segexpr export-synthetic``), builds the config's model and DataModule through LightningCLI with
+CPU-sized overrides for *widths, image size and batch size only* (losses, tasks, ``lambda_paired`` = 0, learning
+rates, ``n_critic`` are the config's), trains for a budget in training batches, and evaluates with the SynthFACS
+edit benchmark on held-out (``test``-split) identities, judged by an independently trained recogniser (never the
+GAN's critic): judged expression accuracy of label edits, AU error, unwanted change, transfer AU error and the
+segmenter's parsing mIoU before and after training. Prints one markdown table and writes it to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from segexpr.cli import lightning_cli
+from segexpr.data.export import export_synthetic
+from segexpr.evaluation import SynthFACSEditBenchmark, train_recognizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: config -> (layouts to export, data root overrides)
+RECIPES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "affectnet_celebamask_hq": (("affectnet", "celebamask-hq"), {
+        "data.init_args.expression.init_args.root": "affectnet", "data.init_args.parsing.init_args.root": "celebamask-hq"}),
+    "rafd": (("rafd", "celebamask-hq"), {
+        "data.init_args.expression.init_args.root": "rafd", "data.init_args.parsing.init_args.root": "celebamask-hq"}),
+    "ganimation": (("ganimation", "celebamask-hq"), {
+        "data.init_args.expression.init_args.root": "ganimation", "data.init_args.parsing.init_args.root": "celebamask-hq"}),
+    "celebamask_hq": (("celebamask-hq",), {"data.init_args.root": "celebamask-hq"}),
+}
+#: SynthFACS images exported per layout (RaFD: subjects x 24 images)
+COUNTS = {"affectnet": 1500, "celebamask-hq": 600, "rafd": 40, "ganimation": 1200}
+#: CPU widths (the main job's, examples/configs/synthetic.yaml): overrides of widths only
+WIDTHS = {
+    "segmenter": "{name: bisenet, backbone_width: 16, context_channels: 32, fusion_channels: 64, spatial_stride: 4}",
+    "generator": "{base_channels: 16, n_down: 2, n_res: 2, local_channels: 16, local_n_res: 1, crop_size: 24, box_scale: 3.5}",
+    "coder": "{code_dim: 32, base_channels: 16, n_down: 3}",
+    "discriminator": "{base_channels: 16, n_layers: 4, local_channels: 16, local_n_layers: 2, feature_hidden: 32}",
+}
+COLUMNS = (("edit_expression_accuracy", "expr acc ↑", "{:.3f}"), ("edit_au_mae", "AU err ↓", "{:.3f}"),
+           ("edit_unwanted_change", "unwanted ↓", "{:.4f}"), ("transfer_au_mae", "transfer AU err ↓", "{:.3f}"))
+
+
+class StopAfterBatches(pl.Callback):
+    """Stop after exactly ``batches`` training batches (JointModule steps several optimisers per batch, so
+    ``max_steps`` would count optimiser steps instead)."""
+
+    def __init__(self, batches: int) -> None:
+        self.batches = batches
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.total_batch_idx + 1 >= self.batches:
+            trainer.should_stop = True
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--batches", type=int, default=3000, help="training batches per config")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-count", type=int, default=64, help="held-out identities in the benchmark")
+    parser.add_argument("--judge-steps", type=int, default=600, help="recogniser training steps (batch 32)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/rehearsal"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results_rehearsal.md"))
+    parser.add_argument("--tiny", action="store_true", help="a smoke run (test suite): tiny counts and budget")
+    args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error(f"--batches must be >= 1, got {args.batches}")
+    return args
+
+
+def build(config: str, roots: dict[str, Path], args: argparse.Namespace):
+    """The config's model and DataModule through LightningCLI, with CPU widths/size/batch overrides only."""
+    _, root_keys = RECIPES[config]
+    over = ["--model.init_args.image_size", str(args.size)]
+    for name, value in WIDTHS.items():
+        over += [f"--model.init_args.{name}", value]
+    for key, layout in root_keys.items():
+        prefix = key.rsplit(".root", 1)[0]
+        over += [f"--{key}", str(roots[layout]), f"--{prefix}.image_size", str(args.size),
+                 f"--{prefix}.batch_size", str(args.batch_size), f"--{prefix}.num_workers", "0",
+                 f"--{prefix}.pin_memory", "false"]
+    if config == "celebamask_hq":  # the recipe's AU source (REQUIRED there): the export's GANimation pickle
+        over += ["--data.init_args.aus", str(roots["celebamask-hq"] / "aus_openface.pkl")]
+    trainer = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
+               "--trainer.logger", "false", "--trainer.callbacks", "null"]
+    cli = lightning_cli(["--config", str(CONFIGS / f"{config}.yaml"), *over, *trainer], run=False)
+    return cli.model, cli.datamodule
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the rehearsal; returns the rows, the no-edit reference and the report text."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)  # the test suite calls main() in-process
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    if args.tiny:
+        args.size, args.batch_size, args.eval_count, args.judge_steps = 32, 2, 2, 2
+    counts = {k: (3 if k == "rafd" else 12) for k in COUNTS} if args.tiny else COUNTS
+    roots: dict[str, Path] = {}
+    for layout in sorted({l for c in args.configs for l in RECIPES[c][0]}):
+        roots[layout] = args.work_dir / "layouts" / layout
+        if not (roots[layout] / "SynthFACS-ground-truth.npz").is_file():
+            export_synthetic(layout, roots[layout], counts[layout], max(args.size, 64), seed=0,
+                             aus="ganimation" if layout == "celebamask-hq" else "none")
+    judge = train_recognizer(size=args.size, max_steps=args.judge_steps, batch_size=4 if args.tiny else 32,
+                             discriminator_kwargs={"base_channels": 8 if args.tiny else 32, "n_layers": 3 if args.tiny else 4})
+    benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=0)
+    no_edit = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=judge, fid_features="none")
+    rows = {}
+    for config in args.configs:
+        pl.seed_everything(0, verbose=False)
+        model, data = build(config, roots, args)
+        before = benchmark.evaluate(model, judge, fid_features="none").metrics.get("parsing_miou")
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             callbacks=[StopAfterBatches(args.batches)], default_root_dir=args.work_dir)
+        start = time.time()
+        trainer.fit(model, datamodule=data)
+        minutes = (time.time() - start) / 60
+        checkpoint = args.work_dir / f"{config}.ckpt"
+        trainer.save_checkpoint(checkpoint)
+        loss_finite = all(torch.isfinite(v).all() for k, v in trainer.callback_metrics.items() if k.startswith("train/"))
+        reloaded = type(model).load_from_checkpoint(checkpoint)  # the checkpoint loads on its own
+        metrics = benchmark.evaluate(reloaded, judge, fid_features="none").metrics
+        rows[config] = {"metrics": metrics, "parsing_before": before, "batches": model._train_batches,
+                        "minutes": minutes, "finite": loss_finite, "task": model.hparams.task}
+        print(f"{config}: {model._train_batches} batches in {minutes:.1f} min; "
+              + ", ".join(f"{k}={metrics.get(k, float('nan')):.3f}" for k, _, _ in COLUMNS), flush=True)
+    text = report(rows, no_edit.metrics, args, argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return {"rows": rows, "no_edit": no_edit.metrics, "text": text}
+
+
+def _f(value: Any, spec: str) -> str:
+    return "–" if value is None or value != value else spec.format(value)
+
+
+def report(rows: dict[str, dict], no_edit: dict[str, float], args: argparse.Namespace, argv: list[str]) -> str:
+    header = ["config", "task", "batches", *(c[1] for c in COLUMNS), "parsing mIoU before → after", "finite", "min"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, row in rows.items():
+        m = row["metrics"]
+        lines.append(f"| {name} | {row['task']} | {row['batches']} | "
+                     + " | ".join(_f(m.get(k), f) for k, _, f in COLUMNS)
+                     + f" | {_f(row['parsing_before'], '{:.3f}')} → {_f(m.get('parsing_miou'), '{:.3f}')} | "
+                     f"{'yes' if row['finite'] else 'NO'} | {row['minutes']:.1f} |")
+    lines.append("| no edit (source returned) | – | – | " + " | ".join(_f(no_edit.get(k), f) for k, _, f in COLUMNS)
+                 + " | – | – | – |")
+    target = []
+    if "affectnet_celebamask_hq" in rows:
+        m, r = rows["affectnet_celebamask_hq"]["metrics"], rows["affectnet_celebamask_hq"]
+        acc, tr = m.get("edit_expression_accuracy", float("nan")), m.get("transfer_au_mae", float("nan"))
+        base = no_edit.get("transfer_au_mae", float("nan"))
+        before, after = r["parsing_before"], m.get("parsing_miou")
+        target = [f"- AffectNet-layout recipe, judged expression accuracy {acc:.3f} (target >= 0.60): "
+                  f"{'reached' if acc >= 0.60 else 'NOT reached'}",
+                  f"- transfer AU error {tr:.3f} vs no edit {base:.3f} (target <= {0.7 * base:.3f}, 30 % below): "
+                  f"{'reached' if tr <= 0.7 * base else 'NOT reached'}",
+                  f"- parsing mIoU {_f(before, '{:.3f}')} → {_f(after, '{:.3f}')} (target: not below start - 0.02): "
+                  f"{'reached' if after is not None and before is not None and after >= before - 0.02 else 'NOT reached'}"]
+        if args.batches != 3000:
+            target.insert(0, f"- (the targets are for 3000 batches; this run trained {args.batches})")
+    command = "python examples/benchmarks/real_layout_rehearsal.py " + " ".join(shlex.quote(a) for a in argv)
+    return ("## Real-layout rehearsal (SynthFACS exported in the release layouts, unpaired)\n\n"
+            f"`{command}`\n\n" + "\n".join(lines) + "\n\n" + "\n".join(target) + "\n")
+
+
+if __name__ == "__main__":
+    main()
