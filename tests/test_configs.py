@@ -82,7 +82,9 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_config_trains_two_batches_and_validates_with_its_own_callbacks(roots, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)  # the configs write under relative paths (lightning_logs/, outputs/)
-    cli = lightning_cli(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *CPU, *_overrides(name, roots)])
+    # an absolute log folder: W&B keeps process-wide settings, and a relative one would outlive the chdir
+    logs = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    cli = lightning_cli(["fit", "--config", str(CONFIGS / f"{name}.yaml"), *CPU, *logs, *_overrides(name, roots)])
     trainer, model = cli.trainer, cli.model
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
     metrics = trainer.callback_metrics
