@@ -1,35 +1,88 @@
 """The SynthFACS ablation script runs end to end on a tiny budget and writes its table, plots and command."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 
 from benchmark_scripts import load_benchmark
+from segexpr.models.landmarks import predict_landmarks
 
 
-def test_ablation_tiny_end_to_end(tmp_path):
+def _record_training_batches(ablation, monkeypatch) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Variant name -> the ``image``/``landmarks`` of every training batch its JointModules saw, in order."""
+    recorded: dict[str, list[dict[str, torch.Tensor]]] = {}
+    build = ablation.build_variant
+
+    def recording_build(name, *args, **kwargs):
+        module = build(name, *args, **kwargs)
+        step = module.training_step
+
+        def training_step(batch, *step_args, **step_kwargs):
+            recorded.setdefault(name, []).append({k: batch[k].detach().clone() for k in ("image", "landmarks")})
+            return step(batch, *step_args, **step_kwargs)
+
+        module.training_step = training_step
+        return module
+
+    monkeypatch.setattr(ablation, "build_variant", recording_build)
+    return recorded
+
+
+def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     ablation = load_benchmark("synthfacs_ablation")
+    recorded = _record_training_batches(ablation, monkeypatch)
     out = tmp_path / "docs" / "results.md"
-    result = ablation.main(["--tiny", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+    result = ablation.main(["--tiny", "--seeds", "0", "1", "--out", str(out), "--work-dir", str(tmp_path / "work")])
 
-    assert set(result["rows"]) == set(ablation.VARIANTS)  # all six variants trained and evaluated
+    assert set(result["rows"]) == set(ablation.VARIANTS)  # all seven variants trained and evaluated
     for name, row in result["rows"].items():
         assert row["batches"] == 2, name
+        assert [run["seed"] for run in row["seeds"]] == [0, 1] and all(r["batches"] == 2 for r in row["seeds"])
         for key in ("edit_expression_accuracy", "edit_au_mae", "edit_psnr", "edit_ssim", "edit_unwanted_change",
-                    "fid", "kid_mean", "transfer_au_mae", "transfer_psnr", "leakage_accuracy"):
+                    "fid", "kid_mean", "transfer_au_mae", "transfer_psnr", "transfer_unwanted_change",
+                    "leakage_accuracy"):
             assert math.isfinite(row["metrics"][key]), (name, key)
+            # the row holds the mean over the seeds and the sample standard deviation
+            per_seed = [run["metrics"][key] for run in row["seeds"]]
+            assert row["metrics"][key] == pytest.approx(sum(per_seed) / 2), (name, key)
+            assert row["metrics_std"][key] == pytest.approx(abs(per_seed[0] - per_seed[1]) / math.sqrt(2)), key
         has_segmenter = ablation.VARIANTS[name][1]["region_source"] == "segmenter"
         assert ("parsing_miou" in row["metrics"]) == has_segmenter, name
         assert "AUDiscriminatorModule" in row["judge"]
     # (3) and (4) start from the same pretrained segmenter; (3) keeps it frozen
     assert result["rows"]["frozen_seg"]["options"]["joint"] is False
 
+    # (2) trains on the regressor's landmarks, (2o) on the exact ones: same seed, same batches of images
+    regressor = result["landmark_regressor"]["regressor"]
+    assert len(recorded["landmarks_predicted"]) == len(recorded["landmarks"]) == 4  # 2 batches x 2 seeds
+    for exact, predicted in zip(recorded["landmarks"], recorded["landmarks_predicted"]):
+        assert torch.equal(exact["image"], predicted["image"])
+        assert torch.allclose(predicted["landmarks"], predict_landmarks(regressor, predicted["image"]), atol=1e-4)
+        assert (predicted["landmarks"] - exact["landmarks"]).abs().max() > 0.1
+    assert result["rows"]["landmarks_predicted"]["landmarks"] == "predicted"
+    assert result["rows"]["landmarks"]["landmarks"] == "exact"
+    nme = result["landmark_regressor"]["nme_heldout"]
+    assert 0 < nme < 1 and result["landmark_regressor"]["seconds"] > 0
+
     text = out.read_text()
-    assert "python examples/benchmarks/synthfacs_ablation.py --tiny" in text
+    assert "python examples/benchmarks/synthfacs_ablation.py --tiny --seeds 0 1" in text
     assert "TINY smoke run" in text
+    assert f"NME {nme:.4f}** on the 2 held-out benchmark images" in text
+    assert "made once, with the first seed (0)" in text
     lines = [line for line in text.splitlines() if line.startswith("| (")]
-    assert len(lines) == 6, lines
+    assert len(lines) == 7, lines
+    assert all(" ± " in line for line in lines), lines  # every variant cell: mean ± std over the 2 seeds
+    assert any(line.startswith("| (2) hierarchical, predicted landmark boxes |") for line in lines)
+    assert any(line.startswith("| (2o) hierarchical, exact landmarks (oracle) |") for line in lines)
+    # transfer rows show transfer AU error, identity leakage and unwanted change
+    header = next(line for line in text.splitlines() if line.startswith("| variant |")).split(" | ")
+    for line in (line for line in lines if line.startswith(("| (5)", "| (6)"))):
+        cells = dict(zip(header, line.split(" | ")))
+        for column in ("transfer AU err ↓", "leakage acc (→0.125)", "transfer unwanted ↓", "unwanted ↓"):
+            assert " ± " in cells[column], (column, line)
     assert "| no edit (source returned) |" in text and "judge ceiling" in text
     # every target line carries the verdict its own numbers give (value >= goal <=> "reached")
     full = result["rows"][ablation.FULL_MODEL]["metrics"]
@@ -39,10 +92,53 @@ def test_ablation_tiny_end_to_end(tmp_path):
     unwanted = next(t for t in result["targets"] if t.startswith("- unwanted change of (4)"))
     baseline = result["rows"][ablation.BASELINE]["metrics"]["edit_unwanted_change"]
     assert unwanted.endswith(": reached" if full["edit_unwanted_change"] < baseline else ": NOT reached"), unwanted
+    # each baseline against the full model, told apart from the seed spread or "cannot tell"
+    for name in ("global", "landmarks_predicted", "landmarks", "frozen_seg"):
+        assert any(t.startswith(f"  - (4) vs {ablation.VARIANTS[name][0]}: expr. acc ") for t in result["targets"])
+    assert any(t.startswith("  - (6) vs (5) transfer") and "leakage acc" in t for t in result["targets"])
     for png in (result["plot"], result["samples"]):
         assert png.is_file() and png.stat().st_size > 1000 and png.parent == out.parent
     assert f"]({result['plot'].name})" in text
-    assert (tmp_path / "work" / "joint.ckpt").is_file() and (tmp_path / "work" / "recognizer.ckpt").is_file()
+    work = tmp_path / "work"
+    assert (work / "joint_seed0.ckpt").is_file() and (work / "joint_seed1.ckpt").is_file()
+    assert (work / "recognizer.ckpt").is_file()
+    saved = json.loads((work / "results.json").read_text())
+    assert saved["seeds"] == [0, 1] and saved["landmark_regressor"]["nme_heldout"] == pytest.approx(nme)
+    joint = next(row for row in saved["rows"] if row["label"].startswith("(4)"))
+    assert [run["seed"] for run in joint["seeds"]] == [0, 1]
+    assert joint["seeds"][1]["metrics"]["edit_psnr"] == pytest.approx(
+        result["rows"]["joint"]["seeds"][1]["metrics"]["edit_psnr"])
+
+
+def _row(mean: float, std: float | None) -> dict:
+    return {"metrics": {"edit_psnr": mean}, "metrics_std": {} if std is None else {"edit_psnr": std}}
+
+
+def test_differences_count_only_beyond_the_seed_spread():
+    ablation = load_benchmark("synthfacs_ablation")
+    assert ablation.compare(_row(20.0, 0.5), _row(18.0, 1.0), "edit_psnr", "higher", "(4)").endswith(
+        "(difference +2.00 > seed spread 1.00: (4) better)")
+    assert ablation.compare(_row(20.0, 0.5), _row(18.0, 1.0), "edit_psnr", "lower", "(4)").endswith(": (4) worse)")
+    assert ablation.compare(_row(20.0, 2.5), _row(18.0, 1.0), "edit_psnr", "higher", "(4)").endswith(
+        "<= seed spread 2.50: cannot tell)")
+    assert ablation.compare(_row(20.0, None), _row(18.0, None), "edit_psnr", "higher", "(4)").endswith(
+        "one seed, no spread: cannot tell)")
+    leak = {"metrics": {"leakage_accuracy": 0.15}, "metrics_std": {"leakage_accuracy": 0.01}}
+    leakier = {"metrics": {"leakage_accuracy": 0.40}, "metrics_std": {"leakage_accuracy": 0.02}}
+    assert ablation.compare(leak, leakier, "leakage_accuracy", "chance", "(6)").endswith(": (6) better)")
+    assert ablation.mean_and_std([1.0]) == (1.0, None)
+    assert ablation.mean_and_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+
+
+def test_ablation_seeds_default_to_seed_and_must_be_distinct():
+    ablation = load_benchmark("synthfacs_ablation")
+    assert ablation.parse_args([]).seeds == [0]
+    assert ablation.parse_args(["--seed", "3"]).seeds == [3]
+    args = ablation.parse_args(["--seeds", "2", "5"])
+    assert args.seeds == [2, 5] and args.seed == 2  # the shared pre-training uses the first seed
+    for bad in (["--seeds", "1", "1"], ["--seeds", "-1"]):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(bad)
 
 
 def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):

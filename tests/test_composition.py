@@ -146,18 +146,24 @@ def test_batches_of_another_size_are_refused_with_both_sizes(tmp_path):
 
 
 # ------------------------------------------------------------------ segexpr 0.1 checkpoints
-def test_legacy_checkpoint_loads_with_identical_outputs(tmp_path):
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    # Same weights, same outputs up to float rounding: results differ by ~1e-7 between thread counts, and the
+    # paste-back now resamples content and attention in one grid_sample (issue 14); a wrong upgrade moves them by >1e-2.
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_legacy_checkpoint_loads_with_the_same_outputs(tmp_path):
     reference = torch.load(FIXTURES / "joint_legacy_b7524cb_outputs.pt", weights_only=True)
     for module in (load_module(LEGACY, expected=JointModule), load_joint_module(LEGACY)):
-        assert torch.equal(module.edit(reference["image"], expression="happy"), reference["edit_happy"])
-        assert torch.equal(module.regions(reference["image"]), reference["regions"])
+        assert_same(module.edit(reference["image"], expression="happy"), reference["edit_happy"])
+        assert_same(module.regions(reference["image"]), reference["regions"])
     editor = ExpressionEditor.from_checkpoint(LEGACY)
-    assert torch.equal(editor.edit(reference["image"], expression="happy"), reference["edit_happy"])
+    assert_same(editor.edit(reference["image"], expression="happy"), reference["edit_happy"])
     with pytest.raises(ValueError, match="upgrade_checkpoint"):  # Lightning's own loader names the conversion
         JointModule.load_from_checkpoint(LEGACY)
     upgraded = upgrade_checkpoint(LEGACY, tmp_path / "new.ckpt")
     module = JointModule.load_from_checkpoint(upgraded)
-    assert torch.equal(module.edit(reference["image"], expression="happy"), reference["edit_happy"])
+    assert_same(module.edit(reference["image"], expression="happy"), reference["edit_happy"])
     assert module.image_size == SIZE and module.hparams.segmenter["name"] == "unet"
     with pytest.raises(FileExistsError):
         upgrade_checkpoint(LEGACY, upgraded)

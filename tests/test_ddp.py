@@ -63,26 +63,36 @@ def test_two_process_ddp_equals_single_process_on_the_global_batch(tmp_path):
     for key, value in rank0["state_dict"].items():
         assert torch.equal(value, rank1["state_dict"][key]), key
 
-    # DDP == single process up to float summation order; training moved the weights by far more than that
-    tolerance = 1e-4
+    # DDP == single process up to float summation order; training moved the weights by far more than that.
+    # Adam's first steps move every weight by about +-lr whatever its gradient's size, so summation-order noise on
+    # a gradient entry that is ~0 can flip its sign: a few isolated entries may differ by up to 2 lr (measured:
+    # 0.07 % of the entries). A rank that did not average its gradients moves most entries differently.
+    tolerance, lr = 1e-4, 1e-3
     diff, name = max_abs_diff(rank0["state_dict"], single["state_dict"])
     moved, _ = max_abs_diff(single["state_dict"], single["initial_state_dict"])
-    assert diff < tolerance, f"DDP differs from the single-process run by {diff:.3g} in {name}"
+    assert diff <= 2.2 * lr, f"DDP differs from the single-process run by {diff:.3g} in {name}"
+    differing = sum(int(((v - single["state_dict"][k]).abs() > tolerance).sum())
+                    for k, v in rank0["state_dict"].items() if v.is_floating_point())
+    entries = sum(v.numel() for v in rank0["state_dict"].values() if v.is_floating_point())
+    assert differing < 0.005 * entries, f"{differing} of {entries} entries differ by more than {tolerance}"
     assert moved > 20 * tolerance, f"training barely moved the weights ({moved:.3g}); the comparison is vacuous"
     # generator, discriminator, segmenter and EMA all took part
     for prefix in ("generator.", "discriminator.", "segmenter.", "ema."):
         part = {k: v for k, v in single["state_dict"].items() if k.startswith(prefix)}
         start = {k: single["initial_state_dict"][k] for k in part}
         assert max_abs_diff(part, start)[0] > 0, f"{prefix} did not change"
-    # Adam moments agree too (per tensor: after one generator step they agree to ~2e-6 relative; Adam amplifies
-    # summation-order noise on near-zero gradients into ~1e-5 weight differences, which later gradients see)
+    # Adam moments agree too (per tensor: after one generator step they agree to ~2e-6 relative; the few entries
+    # Adam's sign normalisation flipped above feed later gradients, measured up to 0.4 % relative per optimiser after 4 batches;
+    # gradients that were not averaged over the ranks differ by tens of percent)
     for opt_ddp, opt_single in zip(rank0["optimizers"], single["optimizers"]):
         assert opt_ddp["state"].keys() == opt_single["state"].keys()
-        for index, state in opt_single["state"].items():
-            assert torch.equal(opt_ddp["state"][index]["step"], state["step"])
-            for key in ("exp_avg", "exp_avg_sq"):
-                mine, reference = opt_ddp["state"][index][key], state[key]
-                assert float((mine - reference).norm()) <= 2e-3 * float(reference.norm()) + 1e-12, (index, key)
+        for key in ("exp_avg", "exp_avg_sq"):  # over all of an optimiser's tensors
+            difference = reference = 0.0
+            for index, state in opt_single["state"].items():
+                assert torch.equal(opt_ddp["state"][index]["step"], state["step"])
+                difference += float((opt_ddp["state"][index][key] - state[key]).norm()) ** 2
+                reference += float(state[key].norm()) ** 2
+            assert difference ** 0.5 <= 1e-2 * reference ** 0.5 + 1e-12, key
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed + gloo")
@@ -93,7 +103,8 @@ def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
                              str(tmp_path), "--nan-rank", "1"], capture_output=True, text=True, timeout=240, env=env)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "non-finite discriminator loss" in output and "on rank 1 of 2" in output, output[-4000:]
+    # (batch 2 is a generator batch, n_critic=2: its generator step comes first and meets the NaN images)
+    assert "non-finite generator loss" in output and "on rank 1 of 2" in output, output[-4000:]
     assert "on another rank" in output, output[-4000:]  # rank 0 stopped too
     assert not list(tmp_path.glob("rank*.pt"))
 

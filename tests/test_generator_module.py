@@ -104,3 +104,50 @@ def test_exponential_moving_average_with_warmup():
         ExponentialMovingAverage({"net": live}, decay=1.0)
     state = ema.state_dict()
     assert any(key.endswith("n_averaged") for key in state)
+
+
+def test_ema_updates_match_averaged_model_without_reading_the_device():
+    # The EMA's own update equals torch's AveragedModel.update_parameters with the same average function, reads no
+    # scalar from the device (no host synchronisation on a GPU) and resumes its warm-up count from a state_dict.
+    from torch.optim.swa_utils import AveragedModel
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from segexpr.modules.ema import ExponentialMovingAverage
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ScalarReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    # (torch's update cannot lerp BatchNorm's integer num_batches_tracked: compare on running statistics only)
+    live = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    live[1].register_buffer("num_batches_tracked", None)
+    ema = ExponentialMovingAverage({"net": live}, decay=0.9)
+    reference = AveragedModel(torch.nn.ModuleDict({"net": live}), multi_avg_fn=ema._warmup_multi_avg, use_buffers=True)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(torch.randn_like(p))
+        live(torch.randn(8, 3))  # BatchNorm running statistics change too
+        with ScalarReads():
+            ema.update({"net": live})
+        reference.update_parameters(torch.nn.ModuleDict({"net": live}))
+    assert ScalarReads.count == 0
+    for a, b in zip(ema.averaged.state_dict().values(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    restored = ExponentialMovingAverage({"net": live}, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    restored.update({"net": live})
+    ema.update({"net": live})  # the 6th update's warm-up decay on both
+    for a, b in zip(restored.state_dict().values(), ema.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # An integer buffer (BatchNorm's batch counter) follows the live module instead of failing the update.
+    counted = torch.nn.BatchNorm1d(2)
+    ema = ExponentialMovingAverage({"net": counted}, decay=0.9)
+    for _ in range(3):
+        counted(torch.randn(4, 2))
+        ema.update({"net": counted})
+    assert int(ema["net"].num_batches_tracked) == 3

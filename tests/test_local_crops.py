@@ -13,6 +13,7 @@ from segexpr.ops.regions import (
     crop,
     feather_masks,
     paste,
+    paste_premultiplied,
 )
 
 
@@ -154,6 +155,51 @@ def test_crop_and_paste_are_differentiable_wrt_boxes_and_images():
     pasted, validity = paste(crops * 2, boxes, (16, 16))
     (pasted.sum() + validity.sum() + crops.sum()).backward()
     assert images.grad.abs().sum() > 0 and boxes.grad.abs().sum() > 0
+
+
+def _paste_two_samplings(crops, boxes, out_size):
+    """The former paste: content with border padding, validity from a separate zero-padded sampling."""
+    import torch.nn.functional as F
+    from segexpr.ops.regions import _paste_thetas
+
+    b, r, c, h, w = crops.shape
+    grid = F.affine_grid(_paste_thetas(boxes), [b * r, c, *out_size], align_corners=False)
+    flat = crops.reshape(b * r, c, h, w)
+    pasted = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    validity = F.grid_sample(torch.ones_like(flat[:, :1]), grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False)
+    pasted = torch.where(validity > 0, pasted, torch.zeros_like(pasted))
+    return pasted.reshape(b, r, c, *out_size), validity.reshape(b, r, 1, *out_size)
+
+
+def test_one_sampling_paste_equals_border_padding_with_a_separate_validity():
+    torch.manual_seed(0)
+    crops = torch.rand(2, 3, 4, 12, 10) * 2 - 1
+    boxes = torch.tensor([[[0.1, -0.2, 0.9, 0.7], [-0.3, 0.4, 0.5, 0.6], [0.5, 0.5, 0.4, 0.3]]]).expand(2, 3, 4)
+    expected, expected_validity = _paste_two_samplings(crops, boxes, (40, 56))
+    pasted, validity = paste(crops, boxes, (40, 56))
+    torch.testing.assert_close(validity, expected_validity, rtol=0, atol=1e-6)
+    torch.testing.assert_close(pasted, expected, rtol=0, atol=1e-5)
+    weighted, _ = paste_premultiplied(crops, boxes, (40, 56))
+    torch.testing.assert_close(weighted, expected_validity * expected, rtol=0, atol=1e-6)
+
+
+def test_the_generator_pastes_image_and_attention_back_with_one_grid_sample(monkeypatch):
+    from segexpr.models.factory import build_network
+
+    generator = build_network("generator", {"base_channels": 8, "n_res": 1, "local_channels": 8, "local_n_res": 1,
+                                            "crop_size": 16, "region_source": "landmarks"}).eval()
+    images, code = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, generator.code_dim)
+    landmarks = torch.rand(2, 68, 2) * 16 + 8
+    samplings = []
+    original = torch.nn.functional.grid_sample
+    monkeypatch.setattr(torch.nn.functional, "grid_sample",
+                        lambda *a, **k: samplings.append(a[0].shape) or original(*a, **k))
+    with torch.no_grad():
+        out = generator(images, code, landmarks=landmarks)
+    assert len(samplings) == 2  # one crop of all regions, one paste-back of image change + attention
+    assert samplings[1][1] == 3 + 1 + 1  # change, attention and the validity channel together
+    assert out.local_images.shape == (2, len(generator.regions), 3, 32, 32)
 
 
 def test_crop_paste_reject_bad_input():

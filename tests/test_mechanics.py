@@ -104,15 +104,33 @@ def test_swap_consistency_ignores_the_expression_and_au_heads(pair_batches):
 
 
 def test_each_image_is_encoded_once_per_step(pair_batches):
-    # task="both", n_critic=1: the D step encodes the sources once for both fakes; the G step encodes the sources
-    # once (edit, self-reconstruction, swap) plus each fake its cycle runs on (the edit and the swap).
+    # task="both", n_critic=1: the G step encodes the sources once (edit, self-reconstruction, swap) plus each
+    # fake its cycle runs on (the edit and the swap); the D step reuses the G step's fakes and feature.
     module = tiny_joint_module(SIZE, task="both", n_critic=1, ema_decay=None)
     sizes = []
     module.generator.global_generator.encoder.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
     pl.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0
                ).fit(module, DataLoader(pair_batches, batch_size=None))
-    assert len(sizes) == 1 + 3  # D step: 1; G step: sources, edit, swap
+    assert len(sizes) == 3  # G step: sources, edit, swap; D step: none
+
+
+def test_the_critic_step_reuses_the_generator_steps_fakes(pair_batches):
+    # n_critic=2 over two batches: batch 1 is a critic-only step that generates its two fakes (edit, swap) without
+    # gradients; batch 2 makes the generator step (edit + cycle, self-reconstruction + swap + swap-back = 5
+    # passes) and its critic step judges those same fakes, detached, instead of generating them again.
+    module = tiny_joint_module(SIZE, task="both", n_critic=2, ema_decay=None)
+    calls, judged = [], []
+    module.generator.register_forward_hook(lambda m, i, o: calls.append((module._train_batches, o.image.detach().clone())))
+    module.discriminator.global_d.register_forward_hook(
+        lambda m, i, o: judged.append((module._train_batches, torch.is_grad_enabled(), i[0].detach().clone())))
+    pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0
+               ).fit(module, DataLoader(pair_batches, batch_size=None))
+    assert [b for b, _ in calls] == [0, 0, 1, 1, 1, 1, 1]
+    edit, swap = calls[2][1], calls[5][1]  # G step: edit, its cycle, self-reconstruction, swap, swap-back
+    critic_inputs = [x for b, grad, x in judged if b == 1 and grad]  # critic step of batch 2: real, edit, swap
+    assert any(torch.equal(x, edit) for x in critic_inputs) and any(torch.equal(x, swap) for x in critic_inputs)
 
 
 def test_generator_reuses_given_features(pair_batches):

@@ -41,6 +41,9 @@ def test_step_time_tiny_run_reports_both_configs(capsys):
         assert r["gflop_g"] > r["gflop_d"] > 0
         assert abs(r["gflop_iter"] - (r["gflop_d"] + r["gflop_g"] / 5)) < 1e-6
         assert r["ops_g"] > r["ops_d"] > 0 and abs(r["ops_iter"] - (r["ops_d"] + r["ops_g"] / 5)) < 1e-6
+        # the only host synchronisations left: the finiteness check before each optimiser step (D every batch,
+        # G every 5th), as GradScaler's; EMA updates, OHEM and target sampling read nothing from the device
+        assert abs(r["host_syncs_iter"] - (1 + 1 / 5)) < 1e-6, r["host_syncs_iter"]
     # the full model adds a segmenter, local generators and local critics to the same global networks
     assert full["params_m"] > glob["params_m"]
     assert full["gflop_d"] > glob["gflop_d"] and full["gflop_g"] > glob["gflop_g"]
@@ -55,3 +58,14 @@ def test_step_time_main_job_scale_builds_the_main_job_networks():
     module = step_time.build("full", size, networks, adv_loss)
     assert module.generator.crop_size == 24 and module.hparams.generator["base_channels"] == 16
     assert module.hparams.segmenter["backbone_width"] == 16 and module.hparams.adv_loss == "hinge"
+
+
+def test_host_synchronisations_are_counted():
+    step_time = load_benchmark("step_time")
+    x = torch.randn(6)
+    with step_time.FlopCount() as counter:
+        x.sum().item()       # a scalar read
+        x[x > 0]             # a data-dependent shape
+        torch.nonzero(x)
+        x * 2                # no synchronisation
+    assert counter.host_syncs == 3

@@ -24,7 +24,7 @@ import torch
 
 from segexpr.cli import lightning_cli
 from segexpr.data.export import export_synthetic
-from segexpr.evaluation import SynthFACSEditBenchmark, train_recognizer
+from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: config -> (layouts to export, data root overrides)
@@ -47,18 +47,25 @@ WIDTHS = {
     "discriminator": "{base_channels: 16, n_layers: 4, local_channels: 16, local_n_layers: 2, feature_hidden: 32}",
 }
 COLUMNS = (("edit_expression_accuracy", "expr acc ↑", "{:.3f}"), ("edit_au_mae", "AU err ↓", "{:.3f}"),
-           ("edit_unwanted_change", "unwanted ↓", "{:.4f}"), ("transfer_au_mae", "transfer AU err ↓", "{:.3f}"))
+           ("edit_unwanted_change", "unwanted ↓", "{:.4f}"), ("transfer_au_mae", "transfer AU err ↓", "{:.3f}"),
+           ("leakage_accuracy", "leakage ↓", "{:.3f}"))
 
 
 class StopAfterBatches(pl.Callback):
     """Stop after exactly ``batches`` training batches (JointModule steps several optimisers per batch, so
     ``max_steps`` would count optimiser steps instead)."""
 
-    def __init__(self, batches: int) -> None:
-        self.batches = batches
+    def __init__(self, batches: int, report_every: int = 250) -> None:
+        self.batches, self.report_every = batches, report_every
+        self.start = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop.total_batch_idx + 1 >= self.batches:
+        done = trainer.fit_loop.total_batch_idx + 1
+        if done % self.report_every == 0:
+            losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train/d_loss", "train/g_loss")}
+            print(f"  batch {done}/{self.batches}, {(time.time() - self.start) / 60:.1f} min, "
+                  + ", ".join(f"{k[6:]} {v:.3f}" for k, v in losses.items()), flush=True)
+        if done >= self.batches:
             trainer.should_stop = True
 
 
@@ -121,8 +128,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if not (roots[layout] / "SynthFACS-ground-truth.npz").is_file():
             export_synthetic(layout, roots[layout], counts[layout], max(args.size, 64), seed=0,
                              aus="ganimation" if layout == "celebamask-hq" else "none")
-    judge = train_recognizer(size=args.size, max_steps=args.judge_steps, batch_size=4 if args.tiny else 32,
-                             discriminator_kwargs={"base_channels": 8 if args.tiny else 32, "n_layers": 3 if args.tiny else 4})
+    judge_path = args.work_dir / f"judge_{args.size}px_{args.judge_steps}steps{'_tiny' if args.tiny else ''}.ckpt"
+    if judge_path.is_file():  # the judge depends only on its size and steps: reuse it across runs
+        judge = load_recognizer(judge_path)
+    else:
+        judge = train_recognizer(size=args.size, max_steps=args.judge_steps, batch_size=4 if args.tiny else 32,
+                                 discriminator_kwargs={"base_channels": 8 if args.tiny else 32,
+                                                       "n_layers": 3 if args.tiny else 4}, out=judge_path)
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=0)
     no_edit = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=judge, fid_features="none")
     rows = {}

@@ -14,7 +14,10 @@ Beside the times the table gives the **aten ops dispatched per iteration** (``op
 ``TorchDispatchMode``; views excluded, optimiser steps counted apart as ``opt ops/it``): each is at least one
 kernel launch on a GPU, so it is a machine-independent proxy for the launch overhead that dominates small models
 on a GPU. ``opt ops/it`` is inflated on a CPU: Adam runs its per-parameter loop there, its ``foreach`` kernels on
-CUDA.
+CUDA. ``syncs/it`` counts, among those ops, the ones that make the host wait for a GPU (scalar reads such as
+``.item()``, data-dependent shapes such as ``nonzero`` or boolean-mask indexing): :data:`HOST_SYNC_OPS`, except
+the label-range checks of :func:`segexpr.ops.checks.check_on_device`, which read their result on a CPU but are
+device-side asserts on a GPU.
 
 One *iteration* is what the GAN schedule does per batch on average: one discriminator step plus ``1/n_critic``
 of a generator step (``n_critic=5``, the default). The script trains through Lightning (``Trainer.fit``,
@@ -40,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -51,6 +55,7 @@ from torch.utils.flop_counter import flop_registry
 
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.modules.joint import JointModule
+from segexpr.ops.checks import check_on_device
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 CONFIGS = ("global", "landmarks", "full", "full-both")
@@ -85,6 +90,23 @@ def build(config: str, size: int, networks: dict[str, Any] | None = None, adv_lo
     return JointModule(segmenter=segmenter, region_source="segmenter", task=task, **common)
 
 
+def _inside(code) -> bool:
+    """Whether a frame of ``code`` is on the Python stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+#: aten ops that synchronise host and device on CUDA: reading a scalar (``.item()``, ``bool(t)``, ``int(t)``),
+#: outputs whose shape depends on the data (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``).
+HOST_SYNC_OPS = {torch.ops.aten._local_scalar_dense, torch.ops.aten.nonzero, torch.ops.aten.masked_select,
+                 torch.ops.aten.is_nonzero, torch.ops.aten._unique2, torch.ops.aten.unique_dim,
+                 torch.ops.aten.unique_consecutive, torch.ops.aten.equal}
+
+
 class FlopCount(TorchDispatchMode):
     """Total FLOPs of the ops run inside, with ``torch.utils.flop_counter``'s formulas (``flop_registry``).
 
@@ -103,6 +125,9 @@ class FlopCount(TorchDispatchMode):
         #: aten ops inside ``Optimizer.step`` (a CPU run uses the per-parameter Adam loop; on CUDA Adam defaults
         #: to its multi-tensor ``foreach`` kernels, so these are far fewer launches there).
         self.optimizer_ops = 0
+        #: ops that make the host wait for the device on a GPU (a Python scalar read, a data-dependent shape),
+        #: counted outside optimiser steps; see :data:`HOST_SYNC_OPS`.
+        self.host_syncs = 0
         self.in_optimizer = False
 
     def __enter__(self):
@@ -124,6 +149,11 @@ class FlopCount(TorchDispatchMode):
             self.optimizer_ops += 1
         elif not func.is_view:
             self.ops += 1
+            if (func._overloadpacket in HOST_SYNC_OPS or (
+                    func._overloadpacket is torch.ops.aten.index and any(
+                        isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ())))
+                    ) and not _inside(check_on_device.__code__):
+                self.host_syncs += 1
         formula = flop_registry.get(func._overloadpacket)
         if formula is not None:
             self.total += int(formula(*args, **kwargs, out_val=out))
@@ -138,6 +168,7 @@ class _Timer(pl.Callback):
         self.flops: list[int] = []
         self.ops: list[int] = []
         self.optimizer_ops: list[int] = []
+        self.host_syncs: list[int] = []
         self.count_flops = count_flops
         self._counter: FlopCount | None = None
 
@@ -161,6 +192,7 @@ class _Timer(pl.Callback):
             self.flops.append(self._counter.total)
             self.ops.append(self._counter.ops)
             self.optimizer_ops.append(self._counter.optimizer_ops)
+            self.host_syncs.append(self._counter.host_syncs)
             self._counter = None
 
 
@@ -184,12 +216,13 @@ def measure(config: str, precision: str, batch: dict, size: int, device: str, wa
     t_d = statistics.median(times[0::2])     # batches 1, 3, ...: discriminator step only
     t_dg = statistics.median(times[1::2])    # batches 2, 4, ...: discriminator + generator step
     counted = _fit(build(config, size, networks, adv_loss), batch, 2, PRECISIONS[precision], device, count_flops=True)
-    flops, ops, opt_ops = counted.flops, counted.ops, counted.optimizer_ops
+    flops, ops, opt_ops, syncs = counted.flops, counted.ops, counted.optimizer_ops, counted.host_syncs
     t_g = max(t_dg - t_d, 0.0)
     iteration = t_d + t_g / n_critic
     flops_iter = flops[0] + (flops[1] - flops[0]) / n_critic
     return {"ops_iter": ops[0] + (ops[1] - ops[0]) / n_critic, "ops_d": float(ops[0]), "ops_g": float(ops[1] - ops[0]),
             "optimizer_ops_iter": opt_ops[0] + (opt_ops[1] - opt_ops[0]) / n_critic,
+            "host_syncs_iter": syncs[0] + (syncs[1] - syncs[0]) / n_critic,
             "d_ms": t_d * 1e3, "g_ms": t_g * 1e3, "iter_ms": iteration * 1e3, "gflop_iter": flops_iter / 1e9,
             "gflop_d": flops[0] / 1e9, "gflop_g": (flops[1] - flops[0]) / 1e9,
             "gflops_per_s": flops_iter / 1e9 / iteration, "params_m": sum(p.numel() for p in module.parameters()
@@ -229,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
               f"warm-up {args.warmup}, median of {args.iters}")
         header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
                   f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9} {'ops/it':>8} "
-                  f"{'ops vs gl':>9} {'opt ops/it':>10}")
+                  f"{'ops vs gl':>9} {'opt ops/it':>10} {'syncs/it':>8}")
         print(header)
         results: dict[tuple[str, str], dict[str, float]] = {}
         for precision in args.precisions:
@@ -243,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
                 print(f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
                       f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
                       f"{r['gflops_per_s']:8.1f} {ratio:>9} {r['ops_iter']:8.0f} {ops_ratio:>9} "
-                      f"{r['optimizer_ops_iter']:10.0f}", flush=True)
+                      f"{r['optimizer_ops_iter']:10.0f} {r['host_syncs_iter']:8.1f}", flush=True)
         if "fp32" in args.precisions and "bf16" in args.precisions:
             for config in args.configs:
                 print(f"# {scale} {config}: bf16 / fp32 iteration time = "

@@ -1,26 +1,42 @@
 """SynthFACS ablation of the joint model at equal wall-clock budgets on a CPU, judged by an independent recogniser.
 
-    python examples/benchmarks/synthfacs_ablation.py --minutes-per-variant 10 --size 64 --out docs/results.md
+    python examples/benchmarks/synthfacs_ablation.py --minutes-per-variant 10 --size 64 --seeds 0 1 2 \\
+        --out docs/results.md
 
-Variants (each trained from scratch for ``--minutes-per-variant`` of wall clock, same data, same seed, same
-widths, ``lambda_paired=0`` by default: the papers' unpaired setting; ``--lambda-paired W`` gives every variant the
-SynthFACS paired L1 instead):
+Variants (each trained from scratch for ``--minutes-per-variant`` of wall clock per seed, same data, same seeds,
+same widths, ``lambda_paired=0`` by default: the papers' unpaired setting; ``--lambda-paired W`` gives every
+variant the SynthFACS paired L1 instead):
 
-1. ``global``        -- global generator only (``region_source="none"``), manipulation task;
-2. ``landmarks``     -- hierarchical, local generators on landmark boxes (the keypoint baseline);
-3. ``frozen_seg``    -- hierarchical, regions from a *frozen* pretrained segmenter (``joint=False``);
-4. ``joint``         -- hierarchical, the same pretrained segmenter trained end to end (the paper's model);
-5. ``transfer_plain``-- transfer task without the multi-class adversarial loss and without swap consistency
-   (``lambda_mcadv = lambda_swap = 0`` and ``lambda_cyc = 0``, which in the transfer task weighs only the
-   swap-back cycle);
-6. ``transfer_full`` -- transfer task with both.
+1. ``global``              -- global generator only (``region_source="none"``), manipulation task;
+2. ``landmarks_predicted`` -- hierarchical, local generators on boxes around *predicted* landmarks (the keypoint
+   baseline as the papers mean it: keypoints from a detector). The detector is a small
+   :class:`~segexpr.models.landmarks.LandmarkRegressor` pre-trained on the cached training renders; its
+   predictions replace ``batch["landmarks"]`` in training (computed once on the cached images, so a batch costs
+   what one of (2o) costs) and the benchmark's landmarks of the held-out sources in evaluation;
+2o. ``landmarks``          -- the same with SynthFACS's *exact* landmarks (an oracle no real detector reaches);
+3. ``frozen_seg``          -- hierarchical, regions from a *frozen* pretrained segmenter (``joint=False``);
+4. ``joint``               -- hierarchical, the same pretrained segmenter trained end to end (the paper's model);
+5. ``transfer_plain``      -- transfer task without the multi-class adversarial loss and without swap
+   consistency (``lambda_mcadv = lambda_swap = 0`` and ``lambda_cyc = 0``, which in the transfer task weighs
+   only the swap-back cycle);
+6. ``transfer_full``       -- transfer task with both.
 
 (3) and (4) start from the same segmenter weights, so their difference isolates joint training; (5)/(6) use
-the architecture of (4). Before the variants, the script trains (not counted in the variants' budgets) the
-*independent judge* (``segexpr.evaluation.train_recognizer``: an ``AUDiscriminatorModule`` trained alone on real
-renders; never the GAN's discriminator) and the segmenter. Every variant is then evaluated with
+the architecture of (4); (2) - (2o) is what inaccurate keypoints cost. Before the variants, the script trains (not
+counted in the variants' budgets) the *independent judge* (``segexpr.evaluation.train_recognizer``: an
+``AUDiscriminatorModule`` trained alone on real renders; never the GAN's discriminator), the segmenter and the
+landmark regressor (the same ``--segmenter-minutes`` budget as the segmenter; its NME on the held-out benchmark
+images and its training time are reported). Every variant is then evaluated with
 ``segexpr.evaluation.SynthFACSEditBenchmark`` on held-out identities (the ``test`` split). Two reference rows are
 added: "no edit" (the source returned unchanged) and the judge's score on the ground-truth renders.
+
+Seeds: ``--seeds 0 1 2`` trains every variant once per seed (initialisation and batch order; default: the one
+``--seed``). The cached training data, the judge, the segmenter and the landmark regressor are made once, with
+the first seed, and shared; the held-out benchmark is the same for every seed. Every table cell is the mean ±
+the sample standard deviation over the seeds (the value alone with one seed); the per-seed metrics are in
+``<work-dir>/results.json``. The target checks use the means and say, for the full model against each baseline,
+whether the difference of the means exceeds the seed spread (the larger of the two standard deviations), else
+"cannot tell".
 
 Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out``, and the command.
 ``--batches-per-variant N`` replaces the wall-clock budget by N training batches per variant (equal updates, to
@@ -32,6 +48,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import shlex
@@ -49,13 +66,21 @@ from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
 from segexpr.evaluation import SynthFACSEditBenchmark, train_recognizer
+from segexpr.models.landmarks import (
+    LandmarkRegressor,
+    normalized_mean_error,
+    predict_landmarks,
+    train_landmark_regressor,
+)
 from segexpr.modules.joint import JointModule
 from segexpr.modules.segmenter import SegmenterModule
 
 #: name -> (table label, JointModule arguments)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "global": ("(1) global only", {"task": "manipulate", "region_source": "none"}),
-    "landmarks": ("(2) hierarchical, landmark boxes", {"task": "manipulate", "region_source": "landmarks"}),
+    "landmarks_predicted": ("(2) hierarchical, predicted landmark boxes",
+                            {"task": "manipulate", "region_source": "landmarks"}),
+    "landmarks": ("(2o) hierarchical, exact landmarks (oracle)", {"task": "manipulate", "region_source": "landmarks"}),
     "frozen_seg": ("(3) hierarchical, frozen pretrained segmenter",
                    {"task": "manipulate", "region_source": "segmenter", "joint": False}),
     "joint": ("(4) hierarchical, joint end-to-end (paper)",
@@ -66,9 +91,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "transfer_full": ("(6) transfer + mc-adv + swap consistency",
                       {"task": "transfer", "region_source": "segmenter", "joint": True}),
 }
+#: variants whose training batches and evaluation sources carry the landmark regressor's predictions
+PREDICTED_LANDMARKS = frozenset({"landmarks_predicted"})
 FULL_MODEL = "joint"
 BASELINE = "global"
 TARGETS = {"edit_expression_accuracy": 0.85, "edit_psnr": 24.0}
+#: (full model, its baselines, compared metrics as (key, short name, which way is better)); "chance" = closer to
+#: the 1/8 of an expression probe that learns nothing
+COMPARISONS: list[tuple[str, list[str], list[tuple[str, str, str]]]] = [
+    (FULL_MODEL, ["global", "landmarks_predicted", "landmarks", "frozen_seg"],
+     [("edit_expression_accuracy", "expr. acc", "higher"), ("edit_au_mae", "AU err", "lower"),
+      ("edit_psnr", "PSNR", "higher"), ("edit_unwanted_change", "unwanted", "lower")]),
+    ("transfer_full", ["transfer_plain"],
+     [("transfer_au_mae", "transfer AU err", "lower"), ("leakage_accuracy", "leakage acc", "chance"),
+      ("transfer_unwanted_change", "transfer unwanted", "lower")]),
+]
 
 #: table columns: (metric key, header, format)
 COLUMNS = [
@@ -82,6 +119,7 @@ COLUMNS = [
     ("parsing_miou", "seg mIoU ↑", "{:.3f}"),
     ("transfer_au_mae", "transfer AU err ↓", "{:.3f}"),
     ("transfer_psnr", "transfer PSNR ↑", "{:.2f}"),
+    ("transfer_unwanted_change", "transfer unwanted ↓", "{:.4f}"),
     ("leakage_accuracy", "leakage acc (→0.125)", "{:.3f}"),
 ]
 
@@ -115,6 +153,19 @@ class CachedFaces(Dataset):
         other.pairs = pairs
         return other
 
+    def with_landmarks(self, landmarks: torch.Tensor) -> "CachedFaces":
+        """The same items with ``landmarks`` float ``[N, 68, 2]`` (e.g. a detector's) instead of the exact ones."""
+        expected = tuple(self.data["landmarks"].shape)
+        if tuple(landmarks.shape) != expected:
+            raise ValueError(f"landmarks must have shape {expected}, got {tuple(landmarks.shape)}")
+        other = copy.copy(self)
+        other.data = {**self.data, "landmarks": landmarks.detach().to(self.data["landmarks"].dtype)}
+        return other
+
+    def float_images(self, start: int, stop: int) -> torch.Tensor:
+        """Training images ``start:stop`` as float ``[n, 3, S, S]`` in ``[-1, 1]`` (what ``__getitem__`` gives)."""
+        return self.data["image"][start:stop].float() / 127.5 - 1.0
+
     def __len__(self) -> int:
         return self.length
 
@@ -137,7 +188,8 @@ def widths(tiny: bool, size: int) -> dict[str, Any]:
                 "coder": {"code_dim": 16, "base_channels": 8, "n_down": 2},
                 "discriminator": {"base_channels": 8, "n_layers": 3, "local_channels": 8, "local_n_layers": 2,
                                   "feature_hidden": 16, "crop_size": crop},
-                "recognizer": {"base_channels": 8, "n_layers": 3}}
+                "recognizer": {"base_channels": 8, "n_layers": 3},
+                "landmarks": {"width": 8, "depth": 2}}
     crop = max(16, size * 3 // 8)
     return {"segmenter": {"base_channels": 16, "depth": 3},
             "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16, "local_n_res": 1,
@@ -145,7 +197,8 @@ def widths(tiny: bool, size: int) -> dict[str, Any]:
             "coder": {"code_dim": 32, "base_channels": 16, "n_down": 3},
             "discriminator": {"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
                               "feature_hidden": 32, "crop_size": crop},
-            "recognizer": {"base_channels": 32, "n_layers": 4}}
+            "recognizer": {"base_channels": 32, "n_layers": 4},
+            "landmarks": {"width": 16, "depth": 3}}
 
 
 class StopAfterBatches(pl.Callback):
@@ -184,7 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="instead of a wall-clock budget, train every variant for this many batches (equal "
                              "updates: separates a method's quality from its cost per batch)")
     parser.add_argument("--recognizer-minutes", type=float, default=5.0, help="judge training (not in the budgets)")
-    parser.add_argument("--segmenter-minutes", type=float, default=5.0, help="segmenter pre-training (shared by 3-6)")
+    parser.add_argument("--segmenter-minutes", type=float, default=5.0,
+                        help="segmenter pre-training (shared by 3-6), and the same for the landmark regressor of (2)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-samples", type=int, default=4000, help="cached SynthFACS training pairs")
@@ -203,11 +257,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 2; 1 with --tiny: small convs slow down several-fold when "
                              "2 threads fight other processes for 2 cores)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the seed when --seeds is not given")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="train every variant once per seed (default: [--seed]); the data, the judge, the "
+                             "segmenter and the landmark regressor are made once with the first seed")
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
     args = parser.parse_args(argv)
     if args.batches_per_variant is not None and args.batches_per_variant < 1:
         parser.error(f"--batches-per-variant must be >= 1, got {args.batches_per_variant}")
+    if args.seeds is None:
+        args.seeds = [args.seed]
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+    args.seed = args.seeds[0]  # the seed of everything shared across seeds
     if args.tiny:
         args.size, args.batch_size, args.train_samples, args.eval_count, args.n_critic = 32, 4, 16, 2, 1
     if args.threads is None:
@@ -235,37 +297,128 @@ def _fmt(value: float | None, spec: str) -> str:
     return spec.format(value) if value == value and abs(value) != float("inf") else str(value)
 
 
+def _fmt_spread(mean: float | None, std: float | None, spec: str) -> str:
+    """``mean ± std`` (``mean`` alone without a spread, e.g. with one seed)."""
+    if std is None or mean is None:
+        return _fmt(mean, spec)
+    return f"{_fmt(mean, spec)} ± {_fmt(std, spec)}"
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for a single value: one seed has no spread)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate_seeds(label: str, options: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table row from a variant's per-seed runs (``seed``, ``metrics``, ``batches``, ``train_seconds``,
+    ``eval_seconds``, ``features``, ``judge``): means in ``metrics``/``batches``/..., sample standard deviations in
+    ``metrics_std``/``batches_std``/... (empty / ``None`` with one seed), the runs themselves in ``seeds``."""
+    keys = [k for k in runs[0]["metrics"] if all(k in run["metrics"] for run in runs)]
+    metrics, metrics_std = {}, {}
+    for key in keys:
+        metrics[key], std = mean_and_std([float(run["metrics"][key]) for run in runs])
+        if std is not None:
+            metrics_std[key] = std
+    row = {"label": label, "options": options, "metrics": metrics, "metrics_std": metrics_std,
+           "features": runs[0]["features"], "judge": runs[0]["judge"], "seeds": runs}
+    for key in ("batches", "train_seconds", "eval_seconds"):
+        row[key], row[f"{key}_std"] = mean_and_std([float(run[key]) for run in runs])
+    return row
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     header = ["variant", "train batches"] + [c[1] for c in COLUMNS] + ["train min", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "| --- | " + " | ".join("---:" for _ in header[1:]) + " |"]
     for row in rows:
-        m = row["metrics"]
-        cells = [row["label"], str(row.get("batches", "–"))] + [_fmt(m.get(k), f) for k, _, f in COLUMNS]
-        cells += [_fmt(row.get("train_seconds", None) and row["train_seconds"] / 60, "{:.1f}"),
-                  _fmt(row.get("eval_seconds"), "{:.0f}")]
+        m, sd = row["metrics"], row.get("metrics_std", {})
+        cells = [row["label"], _fmt_spread(row.get("batches"), row.get("batches_std"), "{:.0f}")]
+        cells += [_fmt_spread(m.get(k), sd.get(k), f) for k, _, f in COLUMNS]
+        minutes = row.get("train_seconds")
+        minutes_std = row.get("train_seconds_std")
+        cells += [_fmt_spread(minutes and minutes / 60, minutes_std and minutes_std / 60, "{:.1f}"),
+                  _fmt_spread(row.get("eval_seconds"), row.get("eval_seconds_std"), "{:.0f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _tag(name: str) -> str:
+    """``"(4)"`` for ``joint``: the number of a variant's label."""
+    return VARIANTS[name][0].split(" ")[0]
+
+
+def compare(full: dict[str, Any], base: dict[str, Any], key: str, better: str, tag: str) -> str:
+    """``full`` vs ``base`` on ``key``: both means, their difference, and whether it exceeds the seed spread.
+
+    ``better`` is ``"higher"``, ``"lower"`` or ``"chance"`` (closer to 1/8). The difference counts only when
+    ``|mean difference| > max(std_full, std_base)``; otherwise, and always with one seed, "cannot tell".
+    """
+    spec = next(f for k, _, f in COLUMNS if k == key)
+    f_mean, b_mean = full["metrics"].get(key), base["metrics"].get(key)
+    if f_mean is None or b_mean is None:
+        return f"{key} not measured"
+    f_std, b_std = full.get("metrics_std", {}).get(key), base.get("metrics_std", {}).get(key)
+    difference = f_mean - b_mean
+    text = f"{_fmt(f_mean, spec)} vs {_fmt(b_mean, spec)} (difference {_fmt(difference, spec.replace('{:', '{:+'))}"
+    if not (math.isfinite(difference) and (f_std is None or math.isfinite(f_std))
+            and (b_std is None or math.isfinite(b_std))):
+        return text + ", not finite: cannot tell)"
+    if f_std is None or b_std is None:
+        return text + ", one seed, no spread: cannot tell)"
+    chance = 1 / NUM_EXPRESSIONS
+    gain = {"higher": difference, "lower": -difference,
+            "chance": abs(b_mean - chance) - abs(f_mean - chance)}[better]
+    spread = max(f_std, b_std)
+    if abs(gain) > spread:
+        return text + f" > seed spread {_fmt(spread, spec)}: {tag} {'better' if gain > 0 else 'worse'})"
+    return text + f" <= seed spread {_fmt(spread, spec)}: cannot tell)"
+
+
 def target_report(rows: dict[str, dict[str, Any]], no_edit: dict[str, float] | None = None) -> list[str]:
-    """The issue's targets for the full model, each marked reached / NOT reached (with the no-edit reference)."""
+    """The issue's targets for the full model, each marked reached / NOT reached on the means over the seeds (with
+    the no-edit reference), then (4) and (6) against each of their baselines (:data:`COMPARISONS`), each
+    difference told apart from the seed spread or "cannot tell"."""
     if FULL_MODEL not in rows:
         return ["full model (4) not run: targets not checked"]
     full = rows[FULL_MODEL]["metrics"]
+    full_std = rows[FULL_MODEL].get("metrics_std", {})
     lines = []
     for key, goal in TARGETS.items():
         value = full.get(key)
         ok = value is not None and value >= goal
         verdict = "reached" if ok else "NOT reached"
-        lines.append(f"- {key} of (4) = {_fmt(value, '{:.3f}')} (target >= {goal}): {verdict}")
+        lines.append(f"- {key} of (4) = {_fmt_spread(value, full_std.get(key), '{:.3f}')} (target >= {goal}): "
+                     f"{verdict}")
     if BASELINE in rows:
         mine, base = full["edit_unwanted_change"], rows[BASELINE]["metrics"]["edit_unwanted_change"]
-        lines.append(f"- unwanted change of (4) = {mine:.4f} vs global-only (1) = {base:.4f}: "
+        mine_std = full_std.get("edit_unwanted_change")
+        base_std = rows[BASELINE].get("metrics_std", {}).get("edit_unwanted_change")
+        lines.append(f"- unwanted change of (4) = {_fmt_spread(mine, mine_std, '{:.4f}')} vs global-only (1) = "
+                     f"{_fmt_spread(base, base_std, '{:.4f}')}: "
                      f"{'reached' if mine < base else 'NOT reached'}")
     if no_edit is not None:
         lines.append(f"- for scale: returning the source unchanged scores PSNR {no_edit['edit_psnr']:.2f} dB and "
                      f"expression accuracy {no_edit.get('edit_expression_accuracy', float('nan')):.3f} (its source "
                      "expression matches 1 target in 8); a PSNR target below that is met by doing nothing")
+    seeds = len(rows[FULL_MODEL].get("seeds", [None]))
+    if seeds > 1:
+        lines.append(f"- against the seed spread ({seeds} seeds; a difference of the means counts only where it "
+                     "exceeds the larger of the two standard deviations, else \"cannot tell\"):")
+    else:
+        lines.append("- against the seed spread: one seed, so no difference below can be told from seed noise "
+                     "(\"cannot tell\"; run `--seeds 0 1 2`):")
+    for full_name, baselines, metrics in COMPARISONS:
+        if full_name not in rows:
+            continue
+        tag = _tag(full_name)
+        for base_name in baselines:
+            if base_name not in rows:
+                continue
+            parts = [f"{short} {compare(rows[full_name], rows[base_name], key, better, tag)}"
+                     for key, short, better in metrics]
+            lines.append(f"  - {tag} vs {rows[base_name]['label']}: " + "; ".join(parts))
     return lines
 
 
@@ -280,10 +433,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
             ("transfer_au_mae", "transfer AU error ↓"), ("leakage_accuracy", "identity leakage probe acc (→ 1/8)")]
     fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
     labels = [r["label"].split(" ")[0] if r["label"].startswith("(") else r["label"] for r in rows]
+
+    def finite(v: float) -> float:
+        return v if v == v and abs(v) != float("inf") else 0.0
+
     for ax, (key, title) in zip(axes.flat, keys):
-        values = [r["metrics"].get(key, float("nan")) for r in rows]
-        values = [v if v == v and abs(v) != float("inf") else 0.0 for v in values]
-        ax.bar(range(len(rows)), values, color=["0.6" if not r["label"].startswith("(") else "C0" for r in rows])
+        values = [finite(r["metrics"].get(key, float("nan"))) for r in rows]
+        errors = [finite(r.get("metrics_std", {}).get(key, 0.0)) for r in rows]  # seed spread, 0 with one seed
+        ax.bar(range(len(rows)), values, yerr=errors, capsize=3,
+               color=["0.6" if not r["label"].startswith("(") else "C0" for r in rows])
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
         if key == "leakage_accuracy":
@@ -292,29 +450,39 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
             ax.axhline(TARGETS[key], color="r", ls=":", lw=1)
         if key == "edit_psnr":
             ax.axhline(TARGETS[key], color="r", ls=":", lw=1)
-    fig.suptitle("SynthFACS ablation (held-out identities; grey: reference rows)")
+    fig.suptitle("SynthFACS ablation (held-out identities; grey: reference rows; error bars: seed std)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
 
 
-def sample_sheet(modules: dict[str, JointModule], benchmark: SynthFACSEditBenchmark, path: Path, source: int = 0
-                 ) -> Path:
-    """Rows: ground truth, then each variant; columns: source | the 8 expressions (AffectNet order)."""
+def sample_sheet(modules: dict[str, JointModule], benchmark: SynthFACSEditBenchmark, path: Path, source: int = 0,
+                 landmarks: dict[str, torch.Tensor] | None = None) -> Path:
+    """Rows: ground truth, then each variant; columns: source | the 8 expressions (AffectNet order).
+
+    ``landmarks``: per variant name, float ``[N, 68, 2]`` replacing ``benchmark.landmarks`` (predicted ones).
+    """
     image = benchmark.images[source:source + 1]
-    landmarks = benchmark.landmarks[source:source + 1]
     rows = [torch.cat([image, benchmark.targets[source]])]
-    for module in modules.values():
-        edits = [module.edit(image, expression=e, landmarks=landmarks) for e in range(NUM_EXPRESSIONS)]
+    for name, module in modules.items():
+        points = (landmarks or {}).get(name, benchmark.landmarks)[source:source + 1]
+        edits = [module.edit(image, expression=e, landmarks=points) for e in range(NUM_EXPRESSIONS)]
         rows.append(torch.cat([image, *edits]))
     tiles = torch.cat(rows).clamp(-1, 1)
     torchvision.utils.save_image((tiles + 1) / 2, path, nrow=NUM_EXPRESSIONS + 1, padding=2, pad_value=1.0)
     return path
 
 
+def predicted_landmarks(regressor: LandmarkRegressor, data: CachedFaces, chunk: int = 256) -> torch.Tensor:
+    """The regressor's landmarks float ``[N, 68, 2]`` for every cached training image (once, before training)."""
+    return torch.cat([predict_landmarks(regressor, data.float_images(i, i + chunk))
+                      for i in range(0, len(data), chunk)])
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the ablation; returns the rows, the table, the target checks and the written paths."""
+    """Run the ablation; returns the rows (means over the seeds, per-seed runs in ``seeds``), the table, the
+    target checks, the written paths and the landmark regressor with its NME (``None`` without (2))."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     threads = torch.get_num_threads()
@@ -362,28 +530,60 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         log(f"segmenter pre-trained in {segmenter_seconds / 60:.1f} min")
 
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=args.seed)
+
+    # ---- the landmark detector of (2): pre-trained like the segmenter, its predictions made once
+    regressor_report: dict[str, Any] | None = None
+    benchmarks = {name: benchmark for name in args.variants}  # what each variant is evaluated on
+    train_data = {name: data for name in args.variants}  # what each variant is trained on
+    if any(name in PREDICTED_LANDMARKS for name in args.variants):
+        regressor, regressor_seconds = train_landmark_regressor(
+            data.view(pairs=False), steps=4 if args.tiny else None,
+            max_seconds=None if args.tiny else max(1.0, args.segmenter_minutes * 60), batch_size=16, lr=2e-3,
+            seed=args.seed, num_workers=0, **net["landmarks"])
+        data_predicted = data.with_landmarks(predicted_landmarks(regressor, data))
+        # The benchmark reads .landmarks for the sources' edits and transfers; a shallow copy shares the rest.
+        benchmark_predicted = copy.copy(benchmark)
+        benchmark_predicted.landmarks = predict_landmarks(regressor, benchmark.images)
+        regressor_report = {
+            "regressor": regressor, "seconds": regressor_seconds,
+            "nme_heldout": float(normalized_mean_error(benchmark_predicted.landmarks, benchmark.landmarks)),
+            "nme_train": float(normalized_mean_error(data_predicted.data["landmarks"], data.data["landmarks"])),
+            "kwargs": dict(net["landmarks"])}
+        for name in PREDICTED_LANDMARKS.intersection(args.variants):
+            benchmarks[name], train_data[name] = benchmark_predicted, data_predicted
+        log(f"landmark regressor trained in {regressor_seconds / 60:.1f} min; NME "
+            f"{regressor_report['nme_heldout']:.4f} on the held-out benchmark images, "
+            f"{regressor_report['nme_train']:.4f} on the training images")
+
     rows: dict[str, dict[str, Any]] = {}
-    modules: dict[str, JointModule] = {}
+    modules: dict[str, JointModule] = {}  # the first seed's, for the sample sheet
     for name in args.variants:
         label, options = VARIANTS[name]
-        pl.seed_everything(args.seed, verbose=False)
-        module = build_variant(name, args, net, segmenter)
-        # Paired supervision needs the pairs' ground truth even for label edits.
-        paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
-        loader = DataLoader(data.view(pairs=paired_view), batch_size=args.batch_size,
-                            shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-        trainer = pl.Trainer(**trainer_kwargs(args.minutes_per_variant, steps, args.batches_per_variant))
-        t0 = time.time()
-        trainer.fit(module, loader)
-        train_seconds = time.time() - t0
-        trainer.save_checkpoint(args.work_dir / f"{name}.ckpt")
-        result = benchmark.evaluate(module, recognizer, fid_features="recognizer")
-        rows[name] = {"label": label, "metrics": result.metrics, "batches": module._train_batches,
-                      "train_seconds": train_seconds, "eval_seconds": result.seconds, "features": result.features,
-                      "judge": result.judge, "options": options}
-        modules[name] = module.eval()
-        log(f"{label}: {module._train_batches} batches in {train_seconds / 60:.1f} min; "
-            + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS))
+        runs = []
+        for seed in args.seeds:
+            pl.seed_everything(seed, verbose=False)
+            module = build_variant(name, args, net, segmenter)
+            # Paired supervision needs the pairs' ground truth even for label edits.
+            paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
+            loader = DataLoader(train_data[name].view(pairs=paired_view), batch_size=args.batch_size,
+                                shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+            trainer = pl.Trainer(**trainer_kwargs(args.minutes_per_variant, steps, args.batches_per_variant))
+            t0 = time.time()
+            trainer.fit(module, loader)
+            train_seconds = time.time() - t0
+            trainer.save_checkpoint(args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1
+                                                     else f"{name}_seed{seed}.ckpt"))
+            result = benchmarks[name].evaluate(module, recognizer, fid_features="recognizer")
+            runs.append({"seed": seed, "metrics": result.metrics, "batches": module._train_batches,
+                         "train_seconds": train_seconds, "eval_seconds": result.seconds,
+                         "features": result.features, "judge": result.judge})
+            if seed == args.seeds[0]:
+                modules[name] = module.eval()
+            log(f"{label}, seed {seed}: {module._train_batches} batches in {train_seconds / 60:.1f} min; "
+                + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS))
+        rows[name] = aggregate_seeds(label, options, runs)
+        rows[name]["landmarks"] = ("predicted" if name in PREDICTED_LANDMARKS else
+                                   "exact" if options["region_source"] == "landmarks" else None)
 
     # ---- reference rows: the source unchanged, and the judge on the ground truth itself
     copy_result = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=recognizer,
@@ -399,7 +599,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     md_table = table(all_rows)
     targets = target_report(rows, copy_result.metrics)
     plot_path = plot(all_rows, args.out.parent / f"{args.out.stem}_ablation.png")
-    samples_path = sample_sheet(modules, benchmark, args.out.parent / f"{args.out.stem}_ablation_samples.png")
+    samples_path = sample_sheet(modules, benchmark, args.out.parent / f"{args.out.stem}_ablation_samples.png",
+                                landmarks={name: benchmarks[name].landmarks for name in modules})
     command = "python examples/benchmarks/synthfacs_ablation.py " + " ".join(shlex.quote(a) for a in argv)
     any_row = next(iter(rows.values()), None)
     if args.tiny:
@@ -410,8 +611,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                   "makes the same number of updates, whatever its cost per batch; compare with the equal "
                   "wall-clock table in docs/results.md.**")
     elif args.minutes_per_variant < 10:
-        banner = (f"**Short-budget run ({args.minutes_per_variant:g} min per variant, not the issue's 10 min x 6 "
-                  "protocol): a pipeline check; the numbers are not the result of the ablation.**")
+        banner = (f"**Short-budget run ({args.minutes_per_variant:g} min per variant, not the issue's 10 min per "
+                  "variant protocol): a pipeline check; the numbers are not the result of the ablation.**")
     else:
         banner = ""
     supervision = ("`lambda_paired=0` (unpaired, the papers' setting)" if args.lambda_paired == 0 else
@@ -420,6 +621,29 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     batch_budget = args.batches_per_variant if args.batches_per_variant is not None else steps
     budget = (f"{batch_budget} training batches" if batch_budget is not None else
               f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)")
+    seed_list = ", ".join(str(seed) for seed in args.seeds)
+    if len(args.seeds) > 1:
+        seeds_text = (f"Seeds {seed_list}: every variant is trained once per seed (initialisation and batch order); "
+                      "each cell is the mean ± the sample standard deviation over the seeds (per-seed metrics: "
+                      f"`{args.work_dir / 'results.json'}`). The cached training data, the judge, the segmenter and "
+                      f"the landmark regressor are made once, with the first seed ({args.seeds[0]}), and shared by "
+                      "all seeds; the held-out benchmark is the same for every seed.")
+    else:
+        seeds_text = (f"Seed {seed_list}: one run per variant, so the table has no seed spread and no difference "
+                      "can be told from seed noise (`--seeds 0 1 2` trains each variant once per seed).")
+    if regressor_report is not None:
+        regressor_text = (
+            f"Landmark regressor of (2): `segexpr.models.landmarks.LandmarkRegressor` "
+            f"({', '.join(f'{k}={v}' for k, v in regressor_report['kwargs'].items())}), trained for "
+            f"{regressor_report['seconds'] / 60:.1f} min on the cached training renders (seed {args.seeds[0]}); "
+            f"**NME {regressor_report['nme_heldout']:.4f}** on the {args.eval_count} held-out benchmark images "
+            f"({regressor_report['nme_train']:.4f} on the training images; NME = mean point-to-point error over "
+            "the outer-eye-corner distance, 0 for the exact landmarks (2o) uses). (2) trains on its predictions for "
+            "the cached training images and is evaluated with its predictions for the held-out sources.")
+    else:
+        regressor_text = "Landmark regressor: not trained ((2) `landmarks_predicted` not among the variants)."
+    regressor_budget = ("" if regressor_report is None else
+                        f", and the landmark regressor of (2) ({regressor_report['seconds'] / 60:.1f} min)")
     text = f"""# Results: SynthFACS ablation
 
 Reproduce with:
@@ -435,7 +659,8 @@ Setup: {args.size} px, batch {args.batch_size}, {budget} per variant, `n_critic=
 {args.threads} torch threads on {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs),
 torch {torch.__version__}.
 Not counted in the budgets: the judge ({recognizer_seconds / 60:.1f} min) and the segmenter pre-training
-shared by (3)-(6) ({segmenter_seconds / 60:.1f} min); (2) gets exact landmarks for free.
+shared by (3)-(6) ({segmenter_seconds / 60:.1f} min){regressor_budget}; (2o) gets exact landmarks for free.
+{seeds_text}
 Total run time {(time.time() - start_all) / 60:.1f} min.
 
 Evaluation: `segexpr.evaluation.SynthFACSEditBenchmark`, {args.eval_count} held-out (`test` split) identities,
@@ -444,35 +669,44 @@ Judge: {any_row["judge"] if any_row else "–"}, trained independently of every 
 its accuracy on the ground-truth renders is the ceiling row. FID/KID: {any_row["features"] if any_row else "–"}
 (real = ground-truth renders, fake = edits; comparable only within this table).
 
+{regressor_text}
+
 {md_table}
 
 Columns: expression accuracy and AU error of the edits as judged by the independent recogniser; PSNR/SSIM
 against `render(source identity, target prototype AUs)`; unwanted change = L1 outside `changeable_area`;
 seg mIoU = the variant's segmenter on the ground-truth masks ((3) is the pretrained segmenter unchanged, so
 (4) − (3) is what joint training did to parsing); transfer AU error = judge's AUs on the transfer vs the
-reference's AUs; leakage acc = linear probe for expression on the AU-free feature, held-out identities
-(chance 0.125 is the goal). Train min = training wall time; eval s = benchmark time.
+reference's AUs; transfer unwanted = L1 outside `changeable_area` of the transfers; leakage acc = linear probe
+for expression on the AU-free feature, held-out identities (chance 0.125 is the goal). Train min = training wall
+time; eval s = benchmark time. With several seeds: mean ± sample standard deviation over the seeds.
 
-Targets for the full model (4) (issue 7: accuracy >= 0.85, PSNR >= 24 dB, unwanted change below (1)):
+Targets for the full model (4) (issue 7: accuracy >= 0.85, PSNR >= 24 dB, unwanted change below (1)), on the
+means over the seeds, then (4) against each baseline and (6) against (5):
 
 {chr(10).join(targets)}
 
 ![ablation bars]({plot_path.name})
 
-Samples (first held-out identity; rows: ground truth, then {", ".join(VARIANTS[n][0].split(" ")[0] for n in modules)};
-columns: source, {", ".join(EXPRESSIONS)}):
+Samples (first held-out identity, models of seed {args.seeds[0]}; rows: ground truth, then
+{", ".join(_tag(n) for n in modules)}; columns: source, {", ".join(EXPRESSIONS)}):
 
 ![ablation samples]({samples_path.name})
 """
     args.out.write_text(text)
+    regressor_json = None if regressor_report is None else {
+        k: v for k, v in regressor_report.items() if k != "regressor"}
     (args.work_dir / "results.json").write_text(json.dumps(
-        {"command": command, "rows": [{k: v for k, v in r.items() if k != "options"} for r in all_rows],
+        {"command": command, "seeds": args.seeds,
+         "shared": f"data, judge, segmenter and landmark regressor made once with seed {args.seeds[0]}",
+         "landmark_regressor": regressor_json,
+         "rows": [{k: v for k, v in r.items() if k != "options"} for r in all_rows],
          "targets": targets}, indent=2, default=str))
     print(md_table)
     print("\n".join(targets))
     print(f"wrote {args.out}, {plot_path}, {samples_path}")
     return {"rows": rows, "reference_rows": reference_rows, "table": md_table, "targets": targets,
-            "out": args.out, "plot": plot_path, "samples": samples_path}
+            "out": args.out, "plot": plot_path, "samples": samples_path, "landmark_regressor": regressor_report}
 
 
 if __name__ == "__main__":

@@ -55,10 +55,17 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 class Terms(NamedTuple):
-    """Named scalar terms (for logging) and the weighted ``total`` to back-propagate."""
+    """Named scalar terms (for logging) and the weighted ``total`` to back-propagate.
+
+    The generator objectives also return what the critic's step can reuse (detached there): ``fake`` (the edit
+    or swap ``[B, 3, H, W]``), its crop ``boxes`` ``[B, R, 4]`` (or ``None``) and the source's ``au_free`` feature.
+    """
 
     terms: dict[str, torch.Tensor]
     total: torch.Tensor
+    fake: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    au_free: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -288,7 +295,7 @@ class GANObjectives:
             if w.paired > 0:
                 out["manipulate/paired_l1"] = paired
                 total = total + w.paired * paired
-        return Terms(out, total)
+        return Terms(out, total, fake.image, fake.boxes, fake.au_free)
 
     def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
                       au_free: torch.Tensor | None = None) -> Terms:
@@ -330,4 +337,4 @@ class GANObjectives:
             if w.paired > 0:
                 out["transfer/paired_l1"] = paired
                 total = total + w.paired * paired
-        return Terms(out, total)
+        return Terms(out, total, swapped.image, swapped.boxes, swapped.au_free)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from segexpr.data.labels import NUM_EXPRESSIONS, expression_prototype
+from segexpr.ops.checks import check_on_device
 
 __all__ = ["AU_DONORS", "batch_keys", "DRAW_DONOR", "DRAW_GP", "DRAW_LABEL", "DRAW_USE_LABEL", "expression_prototypes",
            "keyed_uniform", "sample_manipulation_targets", "target_codes"]
@@ -131,9 +132,11 @@ def sample_manipulation_targets(batch: Mapping[str, Any], keys: torch.Tensor, st
     size, device = images.shape[0], images.device
     if batch.get("edit_expression") is not None:
         labels = batch["edit_expression"].to(device=device, dtype=torch.long).reshape(-1)
-        if labels.numel() != size or bool(((labels < 0) | (labels >= NUM_EXPRESSIONS)).any()):
-            raise ValueError(f"batch['edit_expression'] must hold {size} labels in [0, {NUM_EXPRESSIONS}), got "
-                             f"{batch['edit_expression'].tolist()}")
+        message = f"batch['edit_expression'] must hold {size} labels in [0, {NUM_EXPRESSIONS})"
+        if labels.numel() != size:
+            raise ValueError(f"{message}, got {labels.numel()}")
+        check_on_device(((labels >= 0) & (labels < NUM_EXPRESSIONS)).all(), message,
+                        lambda: f", got {batch['edit_expression'].tolist()}")
     else:
         labels = (keyed_uniform(keys, step, DRAW_LABEL) * NUM_EXPRESSIONS).long().clamp_(max=NUM_EXPRESSIONS - 1)
     prototype_aus = prototypes[labels]

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from segexpr.ops.checks import check_on_device
+
 __all__ = ["ohem_cross_entropy", "ohem_mask", "dice_loss"]
 
 
@@ -23,10 +25,10 @@ def _check(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, fn: st
     if logits.shape[0] != target.shape[0] or logits.shape[2:] != target.shape[1:]:
         raise ValueError(f"{fn}: logits {tuple(logits.shape)} and target {tuple(target.shape)} disagree in "
                          f"batch or spatial size")
-    valid = target[target != ignore_index]
-    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= logits.shape[1]):
-        raise ValueError(f"{fn}: target values must be in [0, {logits.shape[1] - 1}] or ignore_index="
-                         f"{ignore_index}, got range [{int(valid.min())}, {int(valid.max())}]")
+    labelled = target != ignore_index
+    check_on_device((((target >= 0) & (target < logits.shape[1])) | ~labelled).all(),
+                    f"{fn}: target values must be in [0, {logits.shape[1] - 1}] or ignore_index={ignore_index}",
+                    lambda: f", got range [{int(target[labelled].min())}, {int(target[labelled].max())}]")
 
 
 def _pixel_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int,
@@ -67,13 +69,16 @@ def ohem_mask(
     safe_target = torch.where(target == ignore_index, torch.zeros_like(target), target).long()
     ce = _pixel_ce(logits, safe_target, -100, None).flatten()
     ce = torch.where(valid, ce, torch.full_like(ce, -math.inf))
-    n_valid = int(valid.sum())
-    k = n_valid // 16 if min_kept is None else min(min_kept, n_valid)
-    keep = valid & (ce > -math.log(thresh))
-    if int(keep.sum()) < k:
-        keep = torch.zeros_like(valid)
-        # stable sort: equal losses are taken in pixel order, so the selection is deterministic
-        keep[torch.argsort(ce, descending=True, stable=True)[:k]] = True
+    # Everything stays on the device (no host synchronisation on a GPU): k, the count above the threshold and
+    # the choice between the two selections are tensors.
+    n_valid = valid.sum()
+    k = n_valid // 16 if min_kept is None else n_valid.clamp(max=min_kept)
+    hard = valid & (ce > -math.log(thresh))
+    # rank of every pixel by loss; stable sort: equal losses are taken in pixel order, so the selection is
+    # deterministic
+    order = torch.argsort(ce, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    keep = torch.where(hard.sum() < k, rank < k, hard)
     return keep.view_as(target)
 
 
@@ -99,10 +104,10 @@ def ohem_cross_entropy(
         Scalar float tensor; 0 (with gradient) when no pixel is labelled.
     """
     keep = ohem_mask(logits, target, thresh, min_kept, ignore_index)
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
     ce = _pixel_ce(logits, target, ignore_index, weight)
-    return ce[keep].mean()
+    # mean over the kept pixels without a data-dependent shape; 0 (with gradient) when none is kept
+    kept = keep.to(ce.dtype)
+    return (ce * kept).sum() / kept.sum().clamp_min(1.0)
 
 
 def dice_loss(

@@ -36,6 +36,10 @@ class ExponentialMovingAverage(nn.Module):
         multi_avg_fn = self._warmup_multi_avg if self.warmup else get_ema_multi_avg_fn(self.decay)
         self.averaged = AveragedModel(nn.ModuleDict(dict(modules)), multi_avg_fn=multi_avg_fn, use_buffers=True)
         self.averaged.requires_grad_(False)
+        # Updates so far, mirrored on the host so that an update never reads ``n_averaged`` from the device (a
+        # host synchronisation per generator step on a GPU); re-read once after a checkpoint is loaded.
+        self._updates: int | None = 0
+        self.register_load_state_dict_post_hook(lambda module, incompatible: setattr(module, "_updates", None))
 
     def decay_at(self, num_averaged: int) -> float:
         """The decay applied at an update after ``num_averaged`` previous updates."""
@@ -51,6 +55,8 @@ class ExponentialMovingAverage(nn.Module):
     @property
     def initialized(self) -> bool:
         """Whether :meth:`update` has run at least once (restored from checkpoints with the weights)."""
+        if self._updates is not None:
+            return self._updates > 0
         return bool(self.averaged.n_averaged.item() > 0)
 
     def __getitem__(self, name: str) -> nn.Module:
@@ -58,8 +64,31 @@ class ExponentialMovingAverage(nn.Module):
 
     @torch.no_grad()
     def update(self, modules: Mapping[str, nn.Module]) -> None:
-        """Fold the current live weights of ``modules`` (same names as at construction) into the average."""
-        self.averaged.update_parameters(nn.ModuleDict(dict(modules)))
+        """Fold the current live weights of ``modules`` (same names as at construction) into the average.
+
+        The same arithmetic as ``AveragedModel.update_parameters`` with this class's ``multi_avg_fn`` (the first
+        update copies; later ones ``lerp`` floating-point tensors and copy integer buffers), without its two
+        device-to-host reads of ``n_averaged``.
+        """
+        if self._updates is None:
+            self._updates = int(self.averaged.n_averaged)  # once after loading a checkpoint
+        live_module = nn.ModuleDict(dict(modules))
+        averaged = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
+        live = [*live_module.parameters(), *live_module.buffers()]
+        if len(averaged) != len(live):
+            raise ValueError(f"EMA update: {len(live)} live tensors for {len(averaged)} averaged ones")
+        live = [t.detach().to(a.device) for a, t in zip(averaged, live)]
+        floating = [i for i, a in enumerate(averaged) if a.is_floating_point()]
+        if self._updates == 0:
+            torch._foreach_copy_(averaged, live)
+        else:
+            torch._foreach_lerp_([averaged[i] for i in floating], [live[i] for i in floating],
+                                 1.0 - self.decay_at(self._updates))
+            rest = [i for i in range(len(averaged)) if i not in set(floating)]
+            if rest:
+                torch._foreach_copy_([averaged[i] for i in rest], [live[i] for i in rest])
+        self.averaged.n_averaged += 1
+        self._updates += 1
 
     def forward(self, *args, **kwargs):  # pragma: no cover - the EMA is used through __getitem__
         raise RuntimeError("ExponentialMovingAverage is a container; call ema[name](...) instead")

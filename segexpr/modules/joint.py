@@ -15,8 +15,9 @@ from :class:`segexpr.editor.ExpressionEditor`::
     )
 
 Every training batch makes one discriminator step (and one feature-classifier step for transfer); every
-``n_critic``-th batch also makes one generator step, which updates the generator, the coder and -- with
-``joint=True`` and ``region_source="segmenter"`` -- the segmenter. See ``docs/training.md``.
+``n_critic``-th batch first makes one generator step, which updates the generator, the coder and -- with
+``joint=True`` and ``region_source="segmenter"`` -- the segmenter, and whose fakes the critic then judges
+(detached) instead of generating them again. See ``docs/training.md``.
 """
 from __future__ import annotations
 
@@ -329,18 +330,19 @@ class JointModule(pl.LightningModule):
         targets = self._sample_manipulation_targets(batch) if "manipulate" in tasks else None
         logs: dict[str, torch.Tensor] = {}
 
+        # ---- generator (+ coder, + segmenter when joint) step every n_critic batches, first: its fakes are
+        # reused (detached) by this batch's critic step instead of being generated a second time
+        reuse = None
+        if (self._train_batches + 1) % hp.n_critic == 0:
+            generator_logs, reuse = self._generator_step(batch, parsing, tasks, targets, opts["generator"])
+            logs.update(generator_logs)
+
         # ---- discriminator step (every batch) on detached fakes
         self.toggle_optimizer(opts["discriminator"])
-        with torch.no_grad():
-            region_kwargs, _ = self._region_inputs(images, batch.get("landmarks"), with_grad=False)
-            fakes, boxes, au_free = [], None, None
-            codes = ([target_codes(self.coder, targets)] if targets is not None else []) + (
-                [self.coder.from_image(batch["reference_image"])] if "transfer" in tasks else [])
-            encoded = self.generator.encode(images) if codes else None  # once for every code
-            for code in codes:
-                out = self.generator(images, code, **region_kwargs, au_free=encoded)
-                fakes.append(out.image)
-                boxes, au_free = out.boxes, out.au_free
+        if reuse is not None:
+            fakes, boxes, au_free = reuse
+        else:
+            fakes, boxes, au_free = self._critic_fakes(batch, tasks, targets)
         d = self.objectives.discriminator_loss(batch, fakes, boxes, self._gp_alpha)
         check_finite(d.terms, d.total, "discriminator", self._where())
         self._step(opts["discriminator"], d.total)
@@ -356,11 +358,7 @@ class JointModule(pl.LightningModule):
             self._step(opts["feature_classifier"], hp.lambda_mcadv * fc_loss)
             self.untoggle_optimizer(opts["feature_classifier"])
             logs["fc_loss"] = fc_loss.detach()
-
-        # ---- generator (+ coder, + segmenter when joint) step every n_critic batches
         self._train_batches += 1
-        if self._train_batches % hp.n_critic == 0:
-            logs.update(self._generator_step(batch, parsing, tasks, targets, opts["generator"]))
         self._step_keys = None
         if self.segmenter_trainable and self._world_size() > 1:
             # DDP broadcasts buffers only while its reducer is armed; keep BatchNorm statistics identical here.
@@ -371,8 +369,21 @@ class JointModule(pl.LightningModule):
         if hp.sample_every_n_steps and self._train_batches % hp.sample_every_n_steps == 0:
             self._log_samples(batch, "train/samples")
 
+    @torch.no_grad()
+    def _critic_fakes(self, batch: Mapping[str, Any], tasks: list[str], targets: Mapping[str, torch.Tensor] | None
+                      ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """(fakes, crop boxes, AU-free feature) for a critic step on a batch without a generator step."""
+        region_kwargs, _ = self._region_inputs(batch["image"], batch.get("landmarks"), with_grad=False)
+        codes = ([target_codes(self.coder, targets)] if targets is not None else []) + (
+            [self.coder.from_image(batch["reference_image"])] if "transfer" in tasks else [])
+        encoded = self.generator.encode(batch["image"]) if codes else None  # once for every code
+        outputs = [self.generator(batch["image"], code, **region_kwargs, au_free=encoded) for code in codes]
+        return [o.image for o in outputs], outputs[-1].boxes if outputs else None, encoded
+
     def _generator_step(self, batch: Mapping[str, Any], parsing: Mapping[str, Any] | None, tasks: list[str],
-                        targets: Mapping[str, torch.Tensor] | None, g_opt: Any) -> dict[str, torch.Tensor]:
+                        targets: Mapping[str, torch.Tensor] | None, g_opt: Any
+                        ) -> tuple[dict[str, torch.Tensor], tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor]]:
+        """One generator step; returns its logs and (fakes, boxes, AU-free feature), detached, for the critic."""
         hp = self.hparams
         images = batch["image"]
         self.toggle_optimizer(g_opt)
@@ -403,7 +414,9 @@ class JointModule(pl.LightningModule):
         self.untoggle_optimizer(g_opt)
         if self.ema is not None:
             self.ema.update({"generator": self.generator, "coder": self.coder})
-        return {**{k: v.detach() for k, v in {**terms, **diagnostic}.items()}, "g_loss": total.detach()}
+        logs = {**{k: v.detach() for k, v in {**terms, **diagnostic}.items()}, "g_loss": total.detach()}
+        boxes = parts[-1].boxes.detach() if parts and parts[-1].boxes is not None else None
+        return logs, ([part.fake.detach() for part in parts], boxes, au_free.detach())
 
     def _segmentation_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

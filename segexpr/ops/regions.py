@@ -237,10 +237,14 @@ def crop(
     return crops.reshape(batch, channels, regions, crop_h, crop_w).transpose(1, 2)
 
 
-def paste(
+def paste_premultiplied(
     crops: torch.Tensor, boxes: torch.Tensor, out_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste crops back into image frames with the inverse affine map (differentiable).
+    """Paste crops back into image frames with one ``grid_sample`` call (differentiable).
+
+    The crops and a channel of ones are resampled together with zero padding, so the result is the crop's
+    content already multiplied by its validity (bilinear weights that fall inside the crop). Callers that blend
+    ``validity * pasted + (1 - validity) * background`` use it as is, without a division.
 
     Args:
         crops: float ``[B, R, C, h, w]``.
@@ -248,9 +252,7 @@ def paste(
         out_size: ``(H, W)`` of the image frame.
 
     Returns:
-        ``(pasted [B, R, C, H, W], validity [B, R, 1, H, W])``. ``validity`` in ``[0, 1]`` is 1 inside the box,
-        ramps to 0 over one crop pixel around the box edge (0.5 on the edge) and is 0 outside; ``pasted`` is
-        the crop's content where ``validity > 0`` (edge pixels extended, not darkened) and 0 elsewhere.
+        ``(validity * pasted [B, R, C, H, W], validity [B, R, 1, H, W])``, ``pasted`` as in :func:`paste`.
     """
     if crops.dim() != 5:
         raise ValueError(f"paste expects crops [B, R, C, h, w], got shape {tuple(crops.shape)}")
@@ -262,14 +264,36 @@ def paste(
     if regions == 0:
         return crops.new_zeros(batch, 0, channels, height, width), crops.new_zeros(batch, 0, 1, height, width)
     flat = crops.reshape(batch * regions, channels, *crops.shape[-2:])
+    flat = torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)  # content + validity in one resampling
     theta = _paste_thetas(boxes).to(crops.dtype)
-    grid = F.affine_grid(theta, [batch * regions, channels, height, width], align_corners=False)
-    pasted = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    ones = torch.ones_like(flat[:, :1])
-    validity = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    pasted = torch.where(validity > 0, pasted, torch.zeros_like(pasted))
-    return (pasted.reshape(batch, regions, channels, height, width),
-            validity.reshape(batch, regions, 1, height, width))
+    grid = F.affine_grid(theta, [batch * regions, channels + 1, height, width], align_corners=False)
+    sampled = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.reshape(batch, regions, channels + 1, height, width)
+    return sampled[:, :, :channels], sampled[:, :, channels:]
+
+
+def paste(
+    crops: torch.Tensor, boxes: torch.Tensor, out_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste crops back into image frames with the inverse affine map (differentiable, one ``grid_sample``).
+
+    Args:
+        crops: float ``[B, R, C, h, w]``.
+        boxes: ``[B, R, 4]`` the boxes the crops came from.
+        out_size: ``(H, W)`` of the image frame.
+
+    Returns:
+        ``(pasted [B, R, C, H, W], validity [B, R, 1, H, W])``. ``validity`` in ``[0, 1]`` is 1 inside the box,
+        ramps to 0 over one crop pixel around the box edge (0.5 on the edge) and is 0 outside; ``pasted`` is
+        the crop's content where ``validity > 0`` (edge pixels extended, not darkened: the zero-padded
+        resampling divided by its validity equals border padding there) and 0 elsewhere.
+    """
+    weighted, validity = paste_premultiplied(crops, boxes, out_size)
+    inside = validity > 0
+    # The double where keeps gradients finite where validity is 0.
+    pasted = torch.where(inside, weighted / torch.where(inside, validity, torch.ones_like(validity)),
+                         torch.zeros_like(weighted))
+    return pasted, validity
 
 
 def box_masks(boxes: torch.Tensor, out_size: tuple[int, int], feather: float = 0.1) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS, expression_prototype
+from segexpr.ops.checks import check_on_device
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -95,12 +96,9 @@ class ExpressionCoder(nn.Module):
             raise ValueError(f"from_label expects int64 labels [B], got shape {tuple(expression.shape)} "
                              f"dtype {expression.dtype}")
         if expression.numel():
-            in_range = ((expression >= 0) & (expression < self.num_expressions)).all()
-            if expression.device.type != "cpu":  # checked on the device: no host synchronisation in training
-                torch._assert_async(in_range, f"expression labels must be in [0, {self.num_expressions})")
-            elif not bool(in_range):
-                raise ValueError(f"expression labels must be in [0, {self.num_expressions}), got values in "
-                                 f"[{int(expression.min())}, {int(expression.max())}]")
+            check_on_device(((expression >= 0) & (expression < self.num_expressions)).all(),
+                            f"expression labels must be in [0, {self.num_expressions})",
+                            lambda: f", got values in [{int(expression.min())}, {int(expression.max())}]")
         expression = expression.long()
         return self.from_aus(self.prototypes[expression]) + self.label_offset(expression)
 

@@ -18,7 +18,7 @@ from segexpr.ops.regions import (
     canonical_boxes,
     crop,
     feather_masks,
-    paste,
+    paste_premultiplied,
 )
 
 REGION_SOURCES: tuple[str, ...] = ("segmenter", "landmarks", "none")
@@ -259,16 +259,17 @@ class HierarchicalGenerator(nn.Module):
         local_crops_t, local_attention_t = self._local(crops, code)
 
         global_image = g.image.unsqueeze(1)
+        # One grid_sample pastes the local image (its change, for "residual") and attention back together.
+        # Residual: only the local generator's *change* goes back, so an unchanged crop (attention 1) leaves the
+        # global image bit-identical instead of blurring it by the crop's down- and up-sampling.
+        local_content = local_crops_t - crops if self.paste == "residual" else local_crops_t
+        weighted, validity = paste_premultiplied(torch.cat([local_content, local_attention_t], dim=2), boxes,
+                                                 (height, width))  # validity * pasted [B,R,4,H,W]; [B,R,1,H,W]
         if self.paste == "residual":
-            # Paste back only the local generator's *change*: an unchanged crop (attention 1) leaves the global
-            # image bit-identical, instead of blurring it by the crop's down- and up-sampling.
-            change, validity = paste(local_crops_t - crops, boxes, (height, width))  # [B,R,3,H,W], [B,R,1,H,W]
-            local_images = (global_image + validity * change).clamp(-1, 1)
+            local_images = (global_image + weighted[:, :, :3]).clamp(-1, 1)
         else:
-            pasted, validity = paste(local_crops_t, boxes, (height, width))
-            local_images = validity * pasted + (1 - validity) * global_image
-        pasted_attention, _ = paste(local_attention_t, boxes, (height, width))
-        local_attention = validity * pasted_attention + (1 - validity)
+            local_images = weighted[:, :, :3] + (1 - validity) * global_image
+        local_attention = weighted[:, :, 3:] + (1 - validity)
 
         if self.region_source == "segmenter":
             weights = feather_masks(region_masks, self.feather_dilate, self.feather_blur).unsqueeze(2)
