@@ -20,7 +20,7 @@ from segexpr.cli.edit import parse_aus
 from segexpr.data import SyntheticFacesDataModule
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.io import CheckpointError, read_checkpoint
-from tiny import save_tiny_checkpoint, tiny_joint_module
+from tiny import save_tiny_checkpoint, tiny_combined_layouts, tiny_joint_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 32
@@ -284,15 +284,7 @@ def test_result_image_with_combined_data_and_loggers(tmp_path, monkeypatch):
     uses the gan half, is written as PNG and goes to the loggers."""
     import segexpr.callbacks as callbacks
     import segexpr.modules.samples as samples
-    from segexpr.data import AffectNetDataModule, CelebAMaskHQDataModule, CombinedDataModule
-    from segexpr.data.export import export_synthetic
-
-    export_synthetic("affectnet", tmp_path / "affectnet", 12, 64, seed=0)
-    export_synthetic("celebamask-hq", tmp_path / "cmhq", 8, 64, seed=0)
-    data = CombinedDataModule(
-        expression=AffectNetDataModule(str(tmp_path / "affectnet"), image_size=SIZE, batch_size=2, augment=False),
-        parsing=CelebAMaskHQDataModule(str(tmp_path / "cmhq"), image_size=SIZE, batch_size=2, augment=False,
-                                       cache_dir=str(tmp_path / "cache")))
+    data = tiny_combined_layouts(tmp_path, SIZE)
     logged = []
     monkeypatch.setattr(callbacks, "_image_loggers", lambda module: True)
     monkeypatch.setattr(samples, "log_image_grid", lambda module, grid, tag, caption=None: logged.append((tag, grid)))

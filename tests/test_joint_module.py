@@ -17,7 +17,7 @@ from segexpr.gan.objectives import image_code_loss
 from segexpr.models.factory import build_network
 from segexpr.modules.joint import JointModule
 from segexpr.modules.samples import sample_grid, sample_grid_columns
-from tiny import tiny_joint_module
+from tiny import tiny_combined_layouts, tiny_joint_module
 
 SIZE = 32
 
@@ -392,15 +392,7 @@ trainer:
 def test_combined_expression_and_parsing_data(tmp_path):
     """AffectNet-style GAN batches plus CelebAMask-HQ-style mask batches (each in its real layout): the GAN
     trains on the first, the segmentation loss on the second; validate and test log parsing mIoU."""
-    from segexpr.data import AffectNetDataModule, CelebAMaskHQDataModule, CombinedDataModule
-    from segexpr.data.export import export_synthetic
-
-    export_synthetic("affectnet", tmp_path / "affectnet", 12, 64, seed=0)
-    export_synthetic("celebamask-hq", tmp_path / "cmhq", 8, 64, seed=0)
-    data = CombinedDataModule(
-        expression=AffectNetDataModule(str(tmp_path / "affectnet"), image_size=SIZE, batch_size=2, augment=False),
-        parsing=CelebAMaskHQDataModule(str(tmp_path / "cmhq"), image_size=SIZE, batch_size=2, augment=False,
-                                       cache_dir=str(tmp_path / "cache")))
+    data = tiny_combined_layouts(tmp_path, SIZE)
     module = tiny_module(task="manipulate")
     trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -42,3 +42,17 @@ def save_tiny_checkpoint(path, size: int = 32, **kwargs: Any):
     trainer.fit(module, datamodule=data)
     trainer.save_checkpoint(path)
     return path
+
+
+def tiny_combined_layouts(root, size: int = 32):
+    """A ``CombinedDataModule`` over tiny SynthFACS exports in AffectNet's and CelebAMask-HQ's release layouts
+    (12 and 8 images under ``root``), batch 2, no augmentation."""
+    from segexpr.data import AffectNetDataModule, CelebAMaskHQDataModule, CombinedDataModule
+    from segexpr.data.export import export_synthetic
+
+    export_synthetic("affectnet", root / "affectnet", 12, 64, seed=0)
+    export_synthetic("celebamask-hq", root / "cmhq", 8, 64, seed=0)
+    return CombinedDataModule(
+        expression=AffectNetDataModule(str(root / "affectnet"), image_size=size, batch_size=2, augment=False),
+        parsing=CelebAMaskHQDataModule(str(root / "cmhq"), image_size=size, batch_size=2, augment=False,
+                                       cache_dir=str(root / "cache")))

@@ -22,7 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from segexpr.cli import lightning_cli
+from segexpr.cli import lightning_cli, torch_threads
 from segexpr.data.export import export_synthetic
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
 
@@ -110,12 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the rehearsal; returns the rows, the no-edit reference and the report text."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)  # the test suite calls main() in-process
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:

@@ -62,6 +62,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, Dataset
 
+from segexpr.cli import torch_threads
 from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
@@ -485,12 +486,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target checks, the written paths and the landmark regressor with its NME (``None`` without (2))."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _run(args, argv)
-    finally:
-        torch.set_num_threads(threads)  # the test suite calls main() in-process
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:

@@ -14,12 +14,13 @@ Options every command accepts (taken out before the command sees its arguments):
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 #: Lightning's subcommands: name -> one-line description.
 LIGHTNING_COMMANDS = {
@@ -80,6 +81,20 @@ def default_threads() -> tuple[int, str]:
     free = max(1, usable - round(load))
     return free, (f"{usable} usable core(s), 1-minute load {load:.1f} -> {free} free; "
                   "--threads N to override")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)`` and restore the previous count after it (benchmark
+    scripts whose ``main()`` the test suite calls in-process)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def set_threads(requested: int | None) -> int:

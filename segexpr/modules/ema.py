@@ -84,7 +84,7 @@ class ExponentialMovingAverage(nn.Module):
         else:
             torch._foreach_lerp_([averaged[i] for i in floating], [live[i] for i in floating],
                                  1.0 - self.decay_at(self._updates))
-            rest = [i for i in range(len(averaged)) if i not in set(floating)]
+            rest = [i for i, a in enumerate(averaged) if not a.is_floating_point()]
             if rest:
                 torch._foreach_copy_([averaged[i] for i in rest], [live[i] for i in rest])
         self.averaged.n_averaged += 1
