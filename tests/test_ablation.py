@@ -146,13 +146,16 @@ def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
     ablation = load_benchmark("synthfacs_ablation")
     out = tmp_path / "results.md"
     result = ablation.main(["--tiny", "--variants", "global", "joint", "--lambda-paired", "5", "--lambda-seg", "3",
-                            "--adv-loss", "hinge", "--out", str(out), "--work-dir", str(tmp_path / "work")])
+                            "--adv-loss", "hinge", "--critic-warmup-steps", "1", "--out", str(out),
+                            "--work-dir", str(tmp_path / "work")])
     assert set(result["rows"]) == {"global", "joint"}
     text = out.read_text()
     assert "`lambda_paired=5`" in text and "`adv_loss=hinge`" in text and "`lambda_seg=3`" in text
+    assert "`critic_warmup_steps=1`" in text
     from segexpr.modules.joint import JointModule
     module = JointModule.load_from_checkpoint(tmp_path / "work" / "joint.ckpt")
     assert module.hparams.lambda_paired == 5 and module.hparams.lambda_seg == 3 and module.hparams.adv_loss == "hinge"
+    assert module.hparams.critic_warmup_steps == 1
 
 
 def test_ablation_batch_budget_trains_every_variant_equally_across_epochs(tmp_path):
@@ -171,3 +174,5 @@ def test_ablation_rejects_a_non_positive_batch_budget():
     ablation = load_benchmark("synthfacs_ablation")
     with pytest.raises(SystemExit):
         ablation.parse_args(["--batches-per-variant", "0"])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--critic-warmup-steps", "-1"])

@@ -101,3 +101,40 @@ def test_bad_inputs_raise_clear_errors():
         tiny_container(region_aus={**REGION_AUS, "brows": (99,)})
     with pytest.raises(ValueError, match="aus"):
         d.region_targets(torch.rand(2, 5))
+
+
+def test_grid_heads_see_where_a_feature_fires_and_mean_pool_heads_do_not():
+    """The same features in another place (same global mean) change a grid head's output, not a mean-pool's."""
+    torch.manual_seed(0)
+    for grid, moves in ((4, True), (1, False)):
+        d = GlobalDiscriminator(image_size=32, base_channels=8, n_layers=3, head_grid=grid)
+        features = torch.zeros(1, d.feature_channels, 4, 4)
+        features[..., 0, 0] = 1.0  # a feature firing top-left ...
+        moved = features.roll(shifts=(3, 3), dims=(2, 3))  # ... and the same feature bottom-right
+        logits = [d.expression_head(d._pooled_grid(f)) for f in (features, moved)]
+        assert (not torch.allclose(*logits, atol=1e-6)) == moves
+
+
+def test_mean_pool_checkpoints_load_into_grid_heads_with_the_same_function():
+    torch.manual_seed(0)
+    old = GlobalDiscriminator(image_size=32, base_channels=8, n_layers=3, head_grid=1)
+    new = GlobalDiscriminator(image_size=32, base_channels=8, n_layers=3, head_grid=4)
+    assert new.expression_head.in_features == 16 * old.expression_head.in_features
+    new.load_state_dict(old.state_dict())
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = old(x), new(x)
+    for key in ("adv", "expression", "aus"):
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+    # through the container, as a JointModule checkpoint holds it
+    old_container, new_container = tiny_container(head_grid=1), tiny_container()
+    new_container.load_state_dict(old_container.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(old_container.global_d(x)["expression"], new_container.global_d(x)["expression"],
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True])
+def test_bad_head_grid_is_refused(bad):
+    with pytest.raises(ValueError, match="head_grid"):
+        GlobalDiscriminator(image_size=32, base_channels=8, n_layers=3, head_grid=bad)

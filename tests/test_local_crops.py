@@ -14,6 +14,7 @@ from segexpr.ops.regions import (
     feather_masks,
     paste,
     paste_premultiplied,
+    square_boxes,
 )
 
 
@@ -280,3 +281,46 @@ def test_generator_box_power_option():
                                                 default_boxes=generator.default_boxes))
     with pytest.raises(ValueError, match="box_power"):
         HierarchicalGenerator(box_power=0.5)
+
+
+def test_square_boxes_keep_the_regions_aspect_in_a_square_crop():
+    # A 3.6:1 brow band (36 x 10 px) in a 64 px image: stretched, its square crop magnifies rows 3.6x more than
+    # columns; squared, a bar's crop is as wide as it is tall in pixels per crop pixel.
+    band = _rect_mask(64, 64, (20, 30), (14, 50))
+    stretched = boxes_from_masks(band, scale=math.sqrt(12), min_size=0.01)
+    squared = square_boxes(stretched, 64)
+    cx, cy, w, h = stretched[0, 0].tolist()
+    assert w / h == pytest.approx(3.6, rel=1e-2)
+    torch.testing.assert_close(squared[0, 0], torch.tensor([cx, cy, w, w]))
+    image = torch.zeros(1, 3, 64, 64)
+    image[..., 24:26, :] = 1.0  # a 2-px line inside the band
+    rows = lambda crops: int((crops[0, 0, 0].mean(dim=1) > 0.25).sum())  # crop rows the line covers
+    assert rows(crop(image, stretched, 24)) > 2.5 * rows(crop(image, squared, 24))
+    # non-square images: equal sides in pixels, not in normalised units; never beyond the image extent
+    tall = square_boxes(torch.tensor([[0.0, 0.0, 0.5, 0.1]]), (32, 64))
+    assert tall[0, 2] * 64 == pytest.approx(float(tall[0, 3]) * 32)
+    assert square_boxes(torch.tensor([[0.0, 0.0, 2.0, 0.3]]), (32, 64))[0, 3] == 2.0
+    # gradients reach the longer side
+    boxes = stretched.clone().requires_grad_(True)
+    square_boxes(boxes, 64).sum().backward()
+    assert boxes.grad[0, 0, 2] > 0 and boxes.grad[0, 0, 3] == 0
+    with pytest.raises(ValueError, match="square_boxes"):
+        square_boxes(torch.zeros(2, 3), 64)
+
+
+def test_generator_box_aspect_option():
+    from segexpr.models.generators import HierarchicalGenerator
+
+    kwargs = dict(base_channels=4, n_res=1, local_channels=4, local_n_res=1, crop_size=8)
+    assert HierarchicalGenerator(**kwargs).box_aspect == "stretch"
+    masks = torch.zeros(1, 4, 32, 32)
+    masks[:, :, 8:12, 4:28] = 1.0
+    stretch = HierarchicalGenerator(**kwargs).region_boxes((32, 32), masks)
+    square = HierarchicalGenerator(**kwargs, box_aspect="square").region_boxes((32, 32), masks)
+    torch.testing.assert_close(square, square_boxes(stretch, 32))
+    landmarks = torch.rand(1, 68, 2) * 32
+    torch.testing.assert_close(
+        HierarchicalGenerator(**kwargs, region_source="landmarks", box_aspect="square").region_boxes((32, 32), landmarks=landmarks),
+        square_boxes(HierarchicalGenerator(**kwargs, region_source="landmarks").region_boxes((32, 32), landmarks=landmarks), 32))
+    with pytest.raises(ValueError, match="box_aspect"):
+        HierarchicalGenerator(**kwargs, box_aspect="keep")

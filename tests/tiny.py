@@ -22,8 +22,9 @@ def tiny_joint_module(size: int = 32, segmenter: bool = True, segmenter_norm: st
     seg: dict[str, Any] = {"name": "unet", "base_channels": 8, "depth": 2}
     if segmenter_norm is not None:
         seg["norm"] = segmenter_norm
-    return JointModule(segmenter=seg if segmenter else None, image_size=size,
-                       **{k: dict(v) for k, v in TINY_NETWORKS.items()}, **kwargs)
+    networks = {k: dict(v) for k, v in TINY_NETWORKS.items()}
+    networks.update({k: kwargs.pop(k) for k in TINY_NETWORKS if k in kwargs})  # a network config given replaces
+    return JointModule(segmenter=seg if segmenter else None, image_size=size, **networks, **kwargs)
 
 
 def save_tiny_checkpoint(path, size: int = 32, **kwargs: Any):

@@ -249,6 +249,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adv-loss", default="wgan-gp", choices=["wgan-gp", "hinge", "nonsaturating"])
     parser.add_argument("--lambda-seg", type=float, default=1.0,
                         help="weight of the segmentation loss in the joint variants (JointModule lambda_seg)")
+    parser.add_argument("--critic-warmup-steps", type=int, default=0,
+                        help="JointModule critic_warmup_steps in every variant: the first N batches (inside the budget) "
+                             "train only the critic's expression / AU heads on real images")
     parser.add_argument("--lambda-paired", type=float, default=0.0,
                         help="weight of the SynthFACS paired L1 (JointModule lambda_paired) in every variant; 0 = "
                              "the papers' unpaired setting")
@@ -264,6 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "segmenter and the landmark regressor are made once with the first seed")
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
     args = parser.parse_args(argv)
+    if args.critic_warmup_steps < 0:
+        parser.error(f"--critic-warmup-steps must be >= 0, got {args.critic_warmup_steps}")
     if args.batches_per_variant is not None and args.batches_per_variant < 1:
         parser.error(f"--batches-per-variant must be >= 1, got {args.batches_per_variant}")
     if args.seeds is None:
@@ -286,7 +291,8 @@ def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any], segm
         segmenter={"name": "unet", **net["segmenter"]} if uses_segmenter else None,
         generator=dict(net["generator"]), coder=dict(net["coder"]), discriminator=dict(net["discriminator"]),
         image_size=args.size, adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99,
-        sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg, **options)
+        sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg,
+        critic_warmup_steps=args.critic_warmup_steps, **options)
     if uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
         module.initialize_segmenter(segmenter.segmenter.state_dict())
     return module
@@ -652,7 +658,7 @@ Reproduce with:
 {banner}
 
 Setup: {args.size} px, batch {args.batch_size}, {budget} per variant, `n_critic={args.n_critic}`,
-`lr={args.lr}`, `adv_loss={args.adv_loss}`, `lambda_seg={args.lambda_seg:g}`, {supervision}, {len(data)} cached training pairs (SynthFACS `train` split),
+`lr={args.lr}`, `adv_loss={args.adv_loss}`, `lambda_seg={args.lambda_seg:g}`, `critic_warmup_steps={args.critic_warmup_steps}`, {supervision}, {len(data)} cached training pairs (SynthFACS `train` split),
 {args.threads} torch threads on {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs),
 torch {torch.__version__}.
 Not counted in the budgets: the judge ({recognizer_seconds / 60:.1f} min) and the segmenter pre-training

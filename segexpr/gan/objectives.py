@@ -210,6 +210,15 @@ class GANObjectives:
                 total = total + attention_regularization(out.local_crop_attention.flatten(0, 1), w.attn_mean, w.attn_tv)
         return total / len(outputs)
 
+    def _real_head_terms(self, real_out: Mapping[str, torch.Tensor], batch: Mapping[str, Any]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(expression cross-entropy, AU regression) of the global critic's heads on real images (0 when absent)."""
+        zero = real_out["adv"].new_zeros(())
+        cls = (expression_classification_loss(real_out["expression"], batch["expression"])
+               if batch.get("expression") is not None else zero)
+        au = au_regression_loss(real_out["aus"], batch["aus"].float(), self.au_loss) if batch.get("aus") is not None else zero
+        return cls, au
+
     # ------------------------------------------------------------------ objectives
     def discriminator_loss(self, batch: Mapping[str, Any], fakes: Sequence[torch.Tensor], boxes: torch.Tensor | None,
                       gp_alpha: GPAlpha = lambda purpose: None) -> Terms:
@@ -223,9 +232,7 @@ class GANObjectives:
         for k, fake in enumerate(fakes):
             a, g = self._adv_and_gp(d.global_d, images, fake, real_out["adv"], gp_alpha, DRAW_GP + k)
             adv, gp = adv + a / len(fakes), gp + g / len(fakes)
-        cls = (expression_classification_loss(real_out["expression"], batch["expression"])
-               if batch.get("expression") is not None else zero)
-        au = au_regression_loss(real_out["aus"], batch["aus"].float(), self.au_loss) if batch.get("aus") is not None else zero
+        cls, au = self._real_head_terms(real_out, batch)
         local_adv, local_gp, local_au = zero, zero, zero
         real_crops = self.local_crops(images, boxes)
         if real_crops is not None:
@@ -256,6 +263,18 @@ class GANObjectives:
         total = (adv + w.gp * gp + w.cls * cls + w.au * au
                  + w.local * (local_adv + w.gp * local_gp + w.au * local_au))
         return Terms(terms, total)
+
+    def critic_warmup_loss(self, batch: Mapping[str, Any]) -> Terms:
+        """The global critic's expression / AU heads on real images only (no fakes, no adversarial term).
+
+        A critic warm-up: in the unpaired setting the generator's classification loss is only as good as these
+        heads, and trained from scratch beside the adversarial game they learn the expressions slowly.
+        """
+        if batch.get("expression") is None and batch.get("aus") is None:
+            raise KeyError("critic_warmup_steps > 0 needs batches with 'expression' or 'aus' labels; keys: "
+                           f"{sorted(batch)}")
+        cls, au = self._real_head_terms(self.discriminator.global_d(batch["image"]), batch)
+        return Terms({"cls": cls, "au": au}, self.weights.cls * cls + self.weights.au * au)
 
     def feature_classifier_loss(self, batch: Mapping[str, Any], au_free: torch.Tensor) -> torch.Tensor:
         """Multi-class adversarial classifier loss: expression/AUs from the *detached* AU-free feature."""

@@ -123,11 +123,11 @@ def upgrade_joint_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     gen = dict((hparams.get("generator") or {}).get("init_args") or {})
     new["generator"] = {k: v for k, v in dict(gen.get("generator_kwargs") or {}).items() if k != "region_source"}
     # segexpr 0.1 reproduced bit for bit: plain soft-mask moments, local generators in a loop over regions
-    new["generator"] = {"box_power": 1.0, "batch_regions": False, **new["generator"]}
+    new["generator"] = {"box_power": 1.0, "batch_regions": False, "box_aspect": "stretch", **new["generator"]}
     new["coder"] = dict(gen.get("coder_kwargs") or {})
     disc = dict((hparams.get("discriminator") or {}).get("init_args") or {})
     new["image_size"] = int(disc.get("image_size", 128))
-    new["discriminator"] = dict(disc.get("discriminator_kwargs") or {})
+    new["discriminator"] = {"head_grid": 1, **dict(disc.get("discriminator_kwargs") or {})}
     return new
 
 

@@ -80,6 +80,10 @@ class JointModule(pl.LightningModule):
         au_loss: ``"mse"`` or ``"l1"``; label_target_probability, au_donor: see :mod:`segexpr.gan.targets`.
         compile: ``torch.compile`` the networks in ``configure_model`` (``False``, ``True`` or a backend name).
         segmenter_warmup_steps: the first this many batches train only the segmenter (needs masks).
+        critic_warmup_steps: the first this many batches train the global critic's expression / AU heads on real
+            images (needs labels), before any fake is made; with ``segmenter_warmup_steps`` both warm-ups share
+            those batches, and the GAN starts after the longer one. Without it the unpaired generator's
+            classification loss stays near chance for hundreds of batches (``docs/training.md``).
         sample_every_n_steps, num_samples: sample grids every N training batches (0: off) and at validation.
     """
 
@@ -124,6 +128,7 @@ class JointModule(pl.LightningModule):
         au_donor: str = "auto",
         compile: bool | str = False,
         segmenter_warmup_steps: int = 0,
+        critic_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         arguments = constructor_arguments(JointModule, locals())
@@ -324,8 +329,8 @@ class JointModule(pl.LightningModule):
             # on several backward passes per batch); gradients are averaged per optimiser step instead
             # (segexpr.gan.stepping), so no find_unused_parameters. A no-op without DDP.
             disable_reducer(self.trainer.model)
-        if self._train_batches < hp.segmenter_warmup_steps and self.segmenter_trainable:
-            return self._segmenter_warmup_step(batch, parsing)
+        if self._in_warmup():
+            return self._warmup_step(batch, parsing)
         self._step_keys = self._batch_keys(batch)
         targets = self._sample_manipulation_targets(batch) if "manipulate" in tasks else None
         logs: dict[str, torch.Tensor] = {}
@@ -422,6 +427,31 @@ class JointModule(pl.LightningModule):
         hp = self.hparams
         return ohem_cross_entropy(logits, mask.long(), hp.seg_ohem_thresh, hp.seg_ohem_min_kept, hp.ignore_index)
 
+    def _segmenter_warming(self) -> bool:
+        return self._train_batches < self.hparams.segmenter_warmup_steps and self.segmenter_trainable
+
+    def _in_warmup(self) -> bool:
+        return self._segmenter_warming() or self._train_batches < self.hparams.critic_warmup_steps
+
+    def _warmup_step(self, batch: Mapping[str, Any], parsing: Mapping[str, Any] | None) -> None:
+        """A warm-up batch: a parsing step and/or a critic-heads step on real images; no fakes are made."""
+        if self._segmenter_warming():
+            self._segmenter_warmup_step(batch, parsing)
+        if self._train_batches < self.hparams.critic_warmup_steps:
+            self._critic_warmup_step(batch)
+        self._train_batches += 1
+
+    def _critic_warmup_step(self, batch: Mapping[str, Any]) -> None:
+        """One step of the discriminator optimiser on its expression / AU heads (real images, no adversarial term)."""
+        d_opt = self._named_optimizers()["discriminator"]
+        self.toggle_optimizer(d_opt)
+        warm = self.objectives.critic_warmup_loss(batch)
+        check_finite(warm.terms, warm.total, "critic warm-up", self._where())
+        self._step(d_opt, warm.total)  # parameters without gradients (adversarial and local heads) are skipped
+        self.untoggle_optimizer(d_opt)
+        self.log_dict({f"train/warmup_d_{k}": v.detach() for k, v in warm.terms.items()},
+                      prog_bar=False, batch_size=batch["image"].shape[0])
+
     def _segmenter_warmup_step(self, batch: Mapping[str, Any], parsing: Mapping[str, Any] | None) -> None:
         """One segmentation-only step of the generator optimiser (only the segmenter's group has gradients)."""
         source = parsing if parsing is not None else batch
@@ -434,7 +464,6 @@ class JointModule(pl.LightningModule):
         check_finite({"seg_loss": seg_loss}, seg_loss, "segmenter warm-up", self._where())
         self._step(g_opt, seg_loss)  # parameters without gradients are skipped by Adam
         self.untoggle_optimizer(g_opt)
-        self._train_batches += 1
         if self._world_size() > 1:
             broadcast_buffers(self.segmenter)
         self.log("train/warmup_seg_loss", seg_loss.detach(), prog_bar=True, batch_size=source["image"].shape[0])

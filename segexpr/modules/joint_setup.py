@@ -42,8 +42,9 @@ def check_options(args: Mapping[str, Any], tasks: Sequence[str], region_sources:
         raise ValueError(f"label_target_probability must be in [0, 1], got {args['label_target_probability']}")
     if not 0 < args["seg_ohem_thresh"] <= 1:
         raise ValueError(f"seg_ohem_thresh must be in (0, 1], got {args['seg_ohem_thresh']}")
-    if not _is_int(args["segmenter_warmup_steps"], 0):
-        raise ValueError(f"segmenter_warmup_steps must be an integer >= 0, got {args['segmenter_warmup_steps']!r}")
+    for key in ("segmenter_warmup_steps", "critic_warmup_steps"):
+        if not _is_int(args[key], 0):
+            raise ValueError(f"{key} must be an integer >= 0, got {args[key]!r}")
     if args["sample_every_n_steps"] < 0 or args["num_samples"] < 1:
         raise ValueError(f"sample_every_n_steps must be >= 0 and num_samples >= 1, got "
                          f"{args['sample_every_n_steps']}, {args['num_samples']}")

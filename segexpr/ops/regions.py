@@ -185,6 +185,26 @@ def boxes_from_landmarks(
     return torch.stack(boxes, dim=1)
 
 
+def square_boxes(boxes: torch.Tensor, image_size: int | Sequence[int]) -> torch.Tensor:
+    """Grow each box's shorter side (in pixels) to its longer one, keeping the centre: a square crop of it is then
+    not stretched (a 3.6:1 brow band resampled into a square crop is 3.6x magnified vertically only).
+
+    Args:
+        boxes: float ``[..., 4]`` ``(cx, cy, w, h)`` in normalised coordinates.
+        image_size: ``(H, W)`` (or one int for a square image) the coordinates refer to.
+
+    Returns:
+        boxes of the same shape; sides clamped to ``2`` (the image extent), so a box wider than the image's
+        height stays wider than tall. Differentiable (the gradient goes to the longer side).
+    """
+    if boxes.shape[-1] != 4:
+        raise ValueError(f"square_boxes expects boxes [..., 4], got shape {tuple(boxes.shape)}")
+    height, width = _size_pair(image_size, "image_size")
+    cx, cy, w, h = boxes.unbind(-1)
+    side = torch.maximum(w * width, h * height)  # twice the side in pixels
+    return torch.stack([cx, cy, (side / width).clamp(max=2.0), (side / height).clamp(max=2.0)], dim=-1)
+
+
 def _crop_thetas(boxes: torch.Tensor) -> torch.Tensor:
     """Affine maps from crop grid ``[-1, 1]`` to image coordinates: ``x = cx + w / 2 * u``. ``[B*R, 2, 3]``."""
     cx, cy, w, h = boxes.reshape(-1, 4).unbind(-1)

@@ -19,6 +19,7 @@ from segexpr.ops.regions import (
     crop,
     feather_masks,
     paste_premultiplied,
+    square_boxes,
 )
 
 REGION_SOURCES: tuple[str, ...] = ("segmenter", "landmarks", "none")
@@ -26,6 +27,10 @@ REGION_SOURCES: tuple[str, ...] = ("segmenter", "landmarks", "none")
 #: image; ``"resample"`` pastes the resampled crop itself (blurs by the crop's down/up-sampling; the first
 #: implementation, kept to reproduce results measured with it).
 PASTE_MODES: tuple[str, ...] = ("residual", "resample")
+#: Crop boxes' shapes: ``"stretch"`` crops each box as it is into the square crop (a 3.6:1 brow band is
+#: magnified 3.6x more vertically than horizontally); ``"square"`` grows the shorter side first (no distortion,
+#: fewer crop pixels per brow). See ``docs/training.md``.
+BOX_ASPECTS: tuple[str, ...] = ("stretch", "square")
 
 
 @dataclass
@@ -103,6 +108,9 @@ class HierarchicalGenerator(nn.Module):
         paste: ``"residual"`` (default: paste each local generator's change onto the global image, so an
             unchanged crop leaves it exactly as it was) or ``"resample"`` (paste the resampled crop; see
             :data:`PASTE_MODES`).
+        box_aspect: ``"stretch"`` (default; what every published number used) or ``"square"``
+            (:func:`~segexpr.ops.regions.square_boxes`: the square crop keeps the region's aspect ratio), for mask
+            and landmark boxes alike (:data:`BOX_ASPECTS`).
     """
 
     def __init__(
@@ -126,8 +134,11 @@ class HierarchicalGenerator(nn.Module):
         paste: str = "residual",
         box_power: float = 4.0,
         batch_regions: bool = True,
+        box_aspect: str = "stretch",
     ) -> None:
         super().__init__()
+        if box_aspect not in BOX_ASPECTS:
+            raise ValueError(f"box_aspect must be one of {BOX_ASPECTS}, got {box_aspect!r}")
         if region_source not in REGION_SOURCES:
             raise ValueError(f"region_source must be one of {REGION_SOURCES}, got {region_source!r}")
         regions = tuple(regions)
@@ -154,6 +165,7 @@ class HierarchicalGenerator(nn.Module):
         self.box_feather = box_feather
         self.paste = paste
         self.batch_regions = batch_regions
+        self.box_aspect = box_aspect
 
         self.global_generator = GlobalGenerator(3, base_channels, n_down, n_res, code_dim)
         local_names = regions if region_source != "none" else ()
@@ -187,14 +199,16 @@ class HierarchicalGenerator(nn.Module):
             if region_masks is None:
                 raise ValueError("region_source='segmenter' needs region_masks [B, R, H, W] (e.g. soft_regions of "
                                  "the segmenter's logits)")
-            return boxes_from_masks(region_masks, scale=self.box_scale, min_size=self.box_min_size,
-                                    default_boxes=self.default_boxes, power=self.box_power)
-        if self.region_source == "landmarks":
+            boxes = boxes_from_masks(region_masks, scale=self.box_scale, min_size=self.box_min_size,
+                                     default_boxes=self.default_boxes, power=self.box_power)
+        elif self.region_source == "landmarks":
             if landmarks is None:
                 raise ValueError("region_source='landmarks' needs landmarks [B, 68, 2]")
-            return boxes_from_landmarks(landmarks, image_size, self.regions, margin=self.landmark_margin,
-                                        min_size=self.box_min_size)
-        return None
+            boxes = boxes_from_landmarks(landmarks, image_size, self.regions, margin=self.landmark_margin,
+                                         min_size=self.box_min_size)
+        else:
+            return None
+        return square_boxes(boxes, image_size) if self.box_aspect == "square" else boxes
 
     def _local(self, crops: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local results and attention ``[B, R, 3|1, h, w]`` of the crops ``[B, R, 3, h, w]`` (one code for all)."""
