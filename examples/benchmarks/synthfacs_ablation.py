@@ -244,14 +244,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--train-samples", type=int, default=4000, help="cached SynthFACS training pairs")
     parser.add_argument("--eval-count", type=int, default=64, help="held-out source faces (edits: 8x)")
-    parser.add_argument("--n-critic", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--adv-loss", default="wgan-gp", choices=["wgan-gp", "hinge", "nonsaturating"])
-    parser.add_argument("--lambda-seg", type=float, default=1.0,
+    # Defaults: the unpaired recipe of the main job (examples/configs/synthetic.yaml), measured to learn unpaired.
+    parser.add_argument("--n-critic", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--adv-loss", default="hinge", choices=["wgan-gp", "hinge", "nonsaturating"])
+    parser.add_argument("--lambda-seg", type=float, default=10.0,
                         help="weight of the segmentation loss in the joint variants (JointModule lambda_seg)")
-    parser.add_argument("--critic-warmup-steps", type=int, default=0,
+    parser.add_argument("--critic-warmup-steps", type=int, default=None,
                         help="JointModule critic_warmup_steps in every variant: the first N batches (inside the budget) "
-                             "train only the critic's expression / AU heads on real images")
+                             "train only the critic's expression / AU heads on real images (default 200; 0 with --tiny)")
     parser.add_argument("--lambda-paired", type=float, default=0.0,
                         help="weight of the SynthFACS paired L1 (JointModule lambda_paired) in every variant; 0 = "
                              "the papers' unpaired setting")
@@ -267,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "segmenter and the landmark regressor are made once with the first seed")
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
     args = parser.parse_args(argv)
+    if args.critic_warmup_steps is None:
+        args.critic_warmup_steps = 0 if args.tiny else 200
     if args.critic_warmup_steps < 0:
         parser.error(f"--critic-warmup-steps must be >= 0, got {args.critic_warmup_steps}")
     if args.batches_per_variant is not None and args.batches_per_variant < 1:
