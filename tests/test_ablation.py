@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from benchmark_scripts import load_benchmark
@@ -176,3 +178,66 @@ def test_ablation_rejects_a_non_positive_batch_budget():
         ablation.parse_args(["--batches-per-variant", "0"])
     with pytest.raises(SystemExit):
         ablation.parse_args(["--critic-warmup-steps", "-1"])
+
+
+def test_parallel_runs_reproduce_in_process_runs_and_milestones(tmp_path):
+    """--jobs N trains each (variant, seed) in its own process from the saved shared pre-work: the same numbers as
+    one process; --milestones evaluates mid-run without changing the training, one table per milestone reached."""
+    ablation = load_benchmark("synthfacs_ablation")
+    common = ["--tiny", "--variants", "global", "landmarks_predicted", "--batches-per-variant", "3",
+              "--milestones", "2", "9"]
+    serial = ablation.main(common + ["--out", str(tmp_path / "a" / "r.md"), "--work-dir", str(tmp_path / "a")])
+    parallel = ablation.main(common + ["--jobs", "2", "--out", str(tmp_path / "b" / "r.md"),
+                                       "--work-dir", str(tmp_path / "b")])
+    for name in ("global", "landmarks_predicted"):
+        one, other = serial["rows"][name]["seeds"][0], parallel["rows"][name]["seeds"][0]
+        assert one["batches"] == other["batches"] == 3
+        assert set(one["milestones"]) == {"2"} and set(other["milestones"]) == {"2"}  # 9 was never reached
+        for key in ("edit_psnr", "edit_au_mae", "transfer_psnr", "leakage_accuracy"):
+            assert other["metrics"][key] == pytest.approx(one["metrics"][key], abs=1e-5), (name, key)
+            assert other["milestones"]["2"]["metrics"][key] == pytest.approx(
+                one["milestones"]["2"]["metrics"][key], abs=1e-5), (name, key)
+        # the milestone is an earlier state of the same run
+        assert one["milestones"]["2"]["metrics"]["edit_psnr"] != one["metrics"]["edit_psnr"]
+        assert (tmp_path / "b" / "logs" / f"{name}_seed0.log").is_file()
+    text = (tmp_path / "b" / "r.md").read_text()
+    assert "### After 2 training batches (equal updates)" in text
+    assert "### After 9 training batches\n\nNot reached by every run." in text
+    assert "2 runs at a time" in text
+
+
+class _SleepyModule(pl.LightningModule):
+    """Counts ``_train_batches`` like JointModule; each batch takes about ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seconds, self._train_batches = seconds, 0
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(self.seconds)
+        self._train_batches += 1
+        return (self.weight * batch[0]).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_training_budget_stops_on_the_clock_without_counting_evaluations():
+    ablation = load_benchmark("synthfacs_ablation")
+    evaluated = []
+
+    def evaluate(module, batches, seconds):
+        evaluated.append((batches, seconds))
+        time.sleep(1.0)  # longer than the whole training budget: must not count
+
+    budget = ablation.TrainingBudget(batches=1000, seconds=0.6, milestones=(2,), evaluate=evaluate)
+    module = _SleepyModule(0.05)
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(64, 1)), batch_size=1)
+    pl.Trainer(max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, accelerator="cpu", callbacks=[budget]).fit(module, data)
+    assert [b for b, _ in evaluated] == [2]
+    assert module._train_batches > 4  # the 1 s evaluation at batch 2 did not end the 0.6 s budget
+    assert 0.6 <= budget.training_seconds < 1.0
+    with pytest.raises(ValueError, match="batches and/or seconds"):
+        ablation.TrainingBudget()

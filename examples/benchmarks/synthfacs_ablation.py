@@ -52,6 +52,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ from segexpr.cli import torch_threads
 from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
-from segexpr.evaluation import SynthFACSEditBenchmark, train_recognizer
+from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
 from segexpr.models.landmarks import (
     LandmarkRegressor,
     normalized_mean_error,
@@ -163,6 +164,13 @@ class CachedFaces(Dataset):
         other.data = {**self.data, "landmarks": landmarks.detach().to(self.data["landmarks"].dtype)}
         return other
 
+    @classmethod
+    def from_tensors(cls, data: dict[str, torch.Tensor], length: int) -> "CachedFaces":
+        """The cache of another process (``.data`` of one made by ``__init__``, e.g. loaded from a file)."""
+        faces = cls.__new__(cls)
+        faces.data, faces.length, faces.pairs = dict(data), int(length), True
+        return faces
+
     def float_images(self, start: int, stop: int) -> torch.Tensor:
         """Training images ``start:stop`` as float ``[n, 3, S, S]`` in ``[-1, 1]`` (what ``__getitem__`` gives)."""
         return self.data["image"][start:stop].float() / 127.5 - 1.0
@@ -180,10 +188,10 @@ class CachedFaces(Dataset):
 
 
 def widths(tiny: bool, size: int) -> dict[str, Any]:
-    """Network sizes: ``tiny`` for the test suite, else the CPU sizes of ``examples/train_joint_synthetic.py``."""
+    """Network sizes: ``tiny`` for the test suite, else the main job's (``examples/configs/synthetic.yaml``)."""
     if tiny:
         crop = 16
-        return {"segmenter": {"base_channels": 8, "depth": 2},
+        return {"segmenter_arch": "unet", "segmenter": {"base_channels": 8, "depth": 2},
                 "generator": {"base_channels": 8, "n_down": 2, "n_res": 1, "local_channels": 8, "local_n_res": 1,
                               "crop_size": crop},
                 "coder": {"code_dim": 16, "base_channels": 8, "n_down": 2},
@@ -192,9 +200,11 @@ def widths(tiny: bool, size: int) -> dict[str, Any]:
                 "recognizer": {"base_channels": 8, "n_layers": 3},
                 "landmarks": {"width": 8, "depth": 2}}
     crop = max(16, size * 3 // 8)
-    return {"segmenter": {"base_channels": 16, "depth": 3},
+    # The main job's networks (examples/configs/synthetic.yaml): BiSeNet 16/32/64, boxes at 3.5 std.
+    return {"segmenter_arch": "bisenet",
+            "segmenter": {"backbone_width": 16, "context_channels": 32, "fusion_channels": 64, "spatial_stride": 4},
             "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16, "local_n_res": 1,
-                          "crop_size": crop},
+                          "crop_size": crop, "box_scale": 3.5},
             "coder": {"code_dim": 32, "base_channels": 16, "n_down": 3},
             "discriminator": {"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
                               "feature_hidden": 32, "crop_size": crop},
@@ -219,11 +229,51 @@ class StopAfterBatches(pl.Callback):
             trainer.should_stop = True
 
 
-def trainer_kwargs(minutes: float, steps: int | None, batches: int | None = None) -> dict[str, Any]:
+class TrainingBudget(pl.Callback):
+    """Stop after ``batches`` JointModule batches and/or ``seconds`` of *training* wall clock, whichever comes
+    first, and evaluate at the ``milestones`` (batch counts) on the way.
+
+    ``evaluate(module, batches)`` runs at each milestone; its time is excluded from the training clock, so the
+    milestones do not eat the wall-clock budget. ``training_seconds`` is the clock when training stopped.
+    """
+
+    def __init__(self, batches: int | None = None, seconds: float | None = None, milestones: tuple[int, ...] = (),
+                 evaluate: Any = None) -> None:
+        if batches is None and seconds is None:
+            raise ValueError("TrainingBudget needs batches and/or seconds")
+        if batches is not None and batches < 1:
+            raise ValueError(f"batches must be >= 1, got {batches}")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        self.batches, self.seconds = batches, seconds
+        self.milestones, self.evaluate = frozenset(milestones), evaluate
+        self._start, self._paused, self.training_seconds = 0.0, 0.0, 0.0
+
+    def _clock(self) -> float:
+        return time.perf_counter() - self._start - self._paused
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start, self._paused = time.perf_counter(), 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = pl_module._train_batches
+        self.training_seconds = self._clock()
+        if done in self.milestones and self.evaluate is not None:
+            paused = time.perf_counter()
+            self.evaluate(pl_module, done, self.training_seconds)
+            self._paused += time.perf_counter() - paused
+        if ((self.batches is not None and done >= self.batches)
+                or (self.seconds is not None and self.training_seconds >= self.seconds)):
+            trainer.should_stop = True
+
+
+def trainer_kwargs(minutes: float | None, steps: int | None, batches: int | None = None, *,
+                   accelerator: str = "cpu", precision: str = "32-true") -> dict[str, Any]:
     """A wall-clock budget (``max_time``), a batch budget for ``--tiny`` (one epoch), or ``batches`` JointModule
     training batches over as many epochs as they take (``--batches-per-variant``)."""
     common = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-              "enable_model_summary": False, "limit_val_batches": 0, "accelerator": "cpu", "num_sanity_val_steps": 0}
+              "enable_model_summary": False, "limit_val_batches": 0, "accelerator": accelerator, "devices": 1,
+              "precision": precision, "num_sanity_val_steps": 0}
     if batches is not None:
         return {**common, "max_epochs": -1, "callbacks": [StopAfterBatches(batches)]}
     if steps is not None:
@@ -233,10 +283,28 @@ def trainer_kwargs(minutes: float, steps: int | None, batches: int | None = None
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes-per-variant", type=float, default=10.0, help="training wall clock per variant")
+    parser.add_argument("--minutes-per-variant", type=float, default=None,
+                        help="training wall clock per variant (default 10 without --batches-per-variant; with it, "
+                             "each run stops at whichever budget it reaches first)")
     parser.add_argument("--batches-per-variant", type=int, default=None,
-                        help="instead of a wall-clock budget, train every variant for this many batches (equal "
-                             "updates: separates a method's quality from its cost per batch)")
+                        help="train every variant for this many batches (equal updates: separates a method's "
+                             "quality from its cost per batch)")
+    parser.add_argument("--milestones", type=int, nargs="+", default=[],
+                        help="also evaluate every run after these many training batches (evaluation time is not "
+                             "counted in the budgets): one equal-updates table per milestone that every run reached")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="train this many (variant, seed) runs at once, each in its own process (shared data and "
+                             "pre-trained networks are saved to --work-dir first); with a wall-clock budget, runs "
+                             "that share the machine get equal shares of it")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"],
+                        help="where the variants train and are evaluated (the pre-training too)")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision of the variants' training")
+    parser.add_argument("--judge", type=Path, default=None,
+                        help="an AUDiscriminatorModule checkpoint to judge with instead of training one "
+                             "(segexpr.evaluation.train_recognizer / load_recognizer)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="train the segmenter and the landmark regressor for this many steps each (batch 16) "
+                             "instead of --segmenter-minutes of wall clock")
     parser.add_argument("--recognizer-minutes", type=float, default=5.0, help="judge training (not in the budgets)")
     parser.add_argument("--segmenter-minutes", type=float, default=5.0,
                         help="segmenter pre-training (shared by 3-6), and the same for the landmark regressor of (2)")
@@ -267,7 +335,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train every variant once per seed (default: [--seed]); the data, the judge, the "
                              "segmenter and the landmark regressor are made once with the first seed")
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "name:seed": one run of --jobs
     args = parser.parse_args(argv)
+    if args.minutes_per_variant is None and args.batches_per_variant is None:
+        args.minutes_per_variant = 10.0
+    if args.minutes_per_variant is not None and not args.minutes_per_variant > 0:
+        parser.error(f"--minutes-per-variant must be > 0, got {args.minutes_per_variant}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if any(m < 1 for m in args.milestones):
+        parser.error(f"--milestones must be positive batch counts, got {args.milestones}")
+    args.milestones = sorted(set(args.milestones))
+    if args.pretrain_steps is not None and args.pretrain_steps < 1:
+        parser.error(f"--pretrain-steps must be >= 1, got {args.pretrain_steps}")
+    if args.judge is not None and not args.judge.is_file():
+        parser.error(f"--judge {args.judge}: no such file")
     if args.critic_warmup_steps is None:
         args.critic_warmup_steps = 0 if args.tiny else 200
     if args.critic_warmup_steps < 0:
@@ -286,18 +368,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any], segmenter: SegmenterModule | None
-                  ) -> JointModule:
+def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any],
+                  segmenter_state: dict[str, torch.Tensor] | None) -> JointModule:
     _, options = VARIANTS[name]
     uses_segmenter = options["region_source"] == "segmenter"
     module = JointModule(
-        segmenter={"name": "unet", **net["segmenter"]} if uses_segmenter else None,
+        segmenter={"name": net["segmenter_arch"], **net["segmenter"]} if uses_segmenter else None,
         generator=dict(net["generator"]), coder=dict(net["coder"]), discriminator=dict(net["discriminator"]),
         image_size=args.size, adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99,
         sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg,
         critic_warmup_steps=args.critic_warmup_steps, **options)
     if uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
-        module.initialize_segmenter(segmenter.segmenter.state_dict())
+        module.initialize_segmenter(segmenter_state)
     return module
 
 
@@ -496,7 +578,139 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     with torch_threads(args.threads):
+        if args.worker is not None:
+            return _worker(args)
         return _run(args, argv)
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    return torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+
+
+def evaluate_module(module: JointModule, benchmark: SynthFACSEditBenchmark, recognizer: torch.nn.Module,
+                    device: torch.device) -> Any:
+    """``benchmark.evaluate`` of ``module`` in eval mode on ``device``; every submodule's train/eval mode is restored
+    (a milestone evaluation happens in the middle of training)."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        return benchmark.evaluate(module.to(device), recognizer, fid_features="recognizer", device=device)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _run_path(work_dir: Path, name: str, seed: int) -> Path:
+    return work_dir / "runs" / f"{name}_seed{seed}.json"
+
+
+def train_variant(name: str, seed: int, args: argparse.Namespace, net: dict[str, Any], shared: dict[str, Any],
+                  log: Any = print) -> tuple[dict[str, Any], JointModule]:
+    """Train variant ``name`` with ``seed`` inside the budgets, evaluating at the milestones and at the end.
+
+    ``shared``: ``data`` (:class:`CachedFaces`), ``train_data``/``benchmarks`` (per variant), ``segmenter_state``,
+    ``recognizer``. Returns the run (``seed``, ``metrics``, ``batches``, ``train_seconds``, ``eval_seconds``,
+    ``features``, ``judge``, ``milestones``: batches -> metrics and training seconds) and the trained module; the
+    run is also written to ``<work-dir>/runs/<name>_seed<seed>.json`` after every evaluation.
+    """
+    label, options = VARIANTS[name]
+    device = _device(args)
+    benchmark, recognizer = shared["benchmarks"][name], shared["recognizer"]
+    run: dict[str, Any] = {"variant": name, "seed": seed, "milestones": {}}
+    path = _run_path(args.work_dir, name, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(module: JointModule, batches: int, seconds: float) -> None:
+        result = evaluate_module(module, benchmark, recognizer, device)
+        run["milestones"][str(batches)] = {"metrics": result.metrics, "train_seconds": seconds,
+                                           "eval_seconds": result.seconds}
+        path.write_text(json.dumps(run, indent=1))
+        log(f"{label}, seed {seed}: milestone {batches} batches after {seconds / 60:.1f} min: "
+            + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS[:2]))
+
+    pl.seed_everything(seed, verbose=False)
+    module = build_variant(name, args, net, shared["segmenter_state"])
+    # Paired supervision needs the pairs' ground truth even for label edits.
+    paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
+    loader = DataLoader(shared["train_data"][name].view(pairs=paired_view), batch_size=args.batch_size,
+                        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    batches = args.batches_per_variant if args.batches_per_variant is not None else (2 if args.tiny else None)
+    seconds = args.minutes_per_variant * 60 if args.minutes_per_variant is not None else None
+    budget = TrainingBudget(batches, seconds, tuple(args.milestones), evaluate=record)
+    common = trainer_kwargs(None, None, 1, accelerator=args.accelerator, precision=args.precision)
+    trainer = pl.Trainer(**{**common, "callbacks": [budget]})
+    trainer.fit(module, loader)
+    trainer.save_checkpoint(args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{seed}.ckpt"))
+    result = evaluate_module(module, benchmark, recognizer, device)
+    run.update({"metrics": result.metrics, "batches": module._train_batches, "train_seconds": budget.training_seconds,
+                "eval_seconds": result.seconds, "features": result.features, "judge": result.judge,
+                "device": str(device), "precision": args.precision})
+    path.write_text(json.dumps(run, indent=1))
+    log(f"{label}, seed {seed}: {module._train_batches} batches in {budget.training_seconds / 60:.1f} min; "
+        + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS))
+    return run, module.cpu().eval()
+
+
+def _shared_path(args: argparse.Namespace) -> Path:
+    return args.work_dir / "shared.pt"
+
+
+def _worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One (variant, seed) run of ``--jobs``: reads the shared pre-work that ``_run`` saved, writes its JSON."""
+    name, seed = args.worker.rsplit(":", 1)
+    saved = torch.load(_shared_path(args), weights_only=False, mmap=True)  # our own file, written by _run
+    data = CachedFaces.from_tensors(saved["data"], saved["length"])
+    predicted = None if saved["predicted"] is None else data.with_landmarks(saved["predicted"])
+    shared = {"segmenter_state": saved["segmenter_state"],
+              "recognizer": load_recognizer(saved["recognizer"]),
+              "train_data": {name: predicted if name in PREDICTED_LANDMARKS else data},
+              "benchmarks": {name: saved["benchmarks"][name]}}
+    run, _ = train_variant(name, int(seed), args, widths(args.tiny, args.size), shared)
+    return {"run": run}
+
+
+def run_in_processes(args: argparse.Namespace, argv: list[str], pairs: list[tuple[str, int]], log: Any = print
+                     ) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run ``pairs`` of (variant, seed), at most ``--jobs`` at a time, each in a fresh process of this script
+    (``--worker name:seed``; logs in ``<work-dir>/logs``). Raises ``RuntimeError`` naming every failed run and its
+    log after all have ended (the finished runs' JSON files stay)."""
+    logs = args.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running, failed = list(pairs), {}, []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name, seed = pending.pop(0)
+            handle = (logs / f"{name}_seed{seed}.log").open("w")
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", f"{name}:{seed}"]
+            running[(name, seed)] = (subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT), handle)
+        time.sleep(0.2)
+        for key, (process, handle) in list(running.items()):
+            if process.poll() is None:
+                continue
+            handle.close()
+            del running[key]
+            if process.returncode != 0:
+                failed.append(f"{key[0]} seed {key[1]} (exit {process.returncode}, log {handle.name})")
+            else:
+                log(f"finished {key[0]} seed {key[1]}")
+    if failed:
+        raise RuntimeError("ablation runs failed: " + "; ".join(failed))
+    return {(name, seed): json.loads(_run_path(args.work_dir, name, seed).read_text()) for name, seed in pairs}
+
+
+def milestone_rows(rows: dict[str, dict[str, Any]], milestone: int) -> list[dict[str, Any]] | None:
+    """The rows at ``milestone`` batches (every seed's metrics there), or ``None`` if some run never got there."""
+    out = []
+    for row in rows.values():
+        runs = []
+        for run in row["seeds"]:
+            at = run.get("milestones", {}).get(str(milestone))
+            if at is None:
+                return None
+            runs.append({**run, "metrics": at["metrics"], "batches": milestone, "train_seconds": at["train_seconds"],
+                         "eval_seconds": at["eval_seconds"]})
+        out.append(aggregate_seeds(row["label"], row["options"], runs))
+    return out
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -506,32 +720,48 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     start_all = time.time()
     log = print
+    device = _device(args)
 
     pl.seed_everything(args.seed, verbose=False)
     t0 = time.time()
-    data = CachedFaces(args.size, args.train_samples, args.seed, workers=0 if args.tiny else args.threads)
+    data = CachedFaces(args.size, args.train_samples, args.seed, workers=0 if args.tiny else min(8, os.cpu_count() or 1))
     log(f"rendered {len(data)} training pairs at {args.size} px in {time.time() - t0:.0f} s")
 
     # ---- the independent judge (an AUDiscriminatorModule trained alone on real renders)
     t0 = time.time()
-    recognizer = train_recognizer(size=args.size, minutes=None if args.tiny else args.recognizer_minutes,
-                                  max_steps=4 if args.tiny else -1, batch_size=4 if args.tiny else 32,
-                                  seed=args.seed + 1, discriminator_kwargs=net["recognizer"], lr=1e-3,
-                                  dataset=data.view(pairs=False), out=args.work_dir / "recognizer.ckpt")
-    recognizer_seconds = time.time() - t0
-    log(f"judge trained in {recognizer_seconds / 60:.1f} min")
+    if args.judge is not None:
+        recognizer_path = args.judge
+        recognizer = load_recognizer(recognizer_path)
+        recognizer_seconds = 0.0
+        log(f"judge loaded from {recognizer_path}")
+    else:
+        recognizer_path = args.work_dir / "recognizer.ckpt"
+        recognizer = train_recognizer(size=args.size, minutes=None if args.tiny else args.recognizer_minutes,
+                                      max_steps=4 if args.tiny else -1, batch_size=4 if args.tiny else 32,
+                                      seed=args.seed + 1, discriminator_kwargs=net["recognizer"], lr=1e-3,
+                                      dataset=data.view(pairs=False), out=recognizer_path)
+        recognizer_seconds = time.time() - t0
+        log(f"judge trained in {recognizer_seconds / 60:.1f} min")
 
+    pretrain_steps = 4 if args.tiny else args.pretrain_steps
+    pretrain_minutes = None if pretrain_steps is not None else args.segmenter_minutes
     # ---- the pretrained segmenter for (3)-(6)
-    segmenter = None
+    segmenter_state = None
     segmenter_seconds = 0.0
     if any(VARIANTS[v][1]["region_source"] == "segmenter" for v in args.variants):
         pl.seed_everything(args.seed, verbose=False)
         t0 = time.time()
-        segmenter = SegmenterModule(arch="unet", segmenter_kwargs=dict(net["segmenter"]), lr=2e-3, scheduler="none",
-                                    num_overlays=0)
+        segmenter = SegmenterModule(arch=net["segmenter_arch"], segmenter_kwargs=dict(net["segmenter"]), lr=2e-3,
+                                    scheduler="none", num_overlays=0)
         loader = DataLoader(data.view(pairs=False), batch_size=16, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(args.seed))
-        pl.Trainer(**trainer_kwargs(args.segmenter_minutes, steps)).fit(segmenter, loader)
+        if pretrain_steps is not None:
+            kwargs = {**trainer_kwargs(None, pretrain_steps, accelerator=args.accelerator), "max_epochs": -1,
+                      "limit_train_batches": None, "max_steps": pretrain_steps}
+        else:
+            kwargs = trainer_kwargs(pretrain_minutes, None, accelerator=args.accelerator)
+        pl.Trainer(**kwargs).fit(segmenter, loader)
+        segmenter_state = {k: v.detach().cpu() for k, v in segmenter.segmenter.state_dict().items()}
         segmenter_seconds = time.time() - t0
         log(f"segmenter pre-trained in {segmenter_seconds / 60:.1f} min")
 
@@ -541,17 +771,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     regressor_report: dict[str, Any] | None = None
     benchmarks = {name: benchmark for name in args.variants}  # what each variant is evaluated on
     train_data = {name: data for name in args.variants}  # what each variant is trained on
+    predicted_train_landmarks = None
     if any(name in PREDICTED_LANDMARKS for name in args.variants):
         regressor, regressor_seconds = train_landmark_regressor(
-            data.view(pairs=False), steps=4 if args.tiny else None,
-            max_seconds=None if args.tiny else max(1.0, args.segmenter_minutes * 60), batch_size=16, lr=2e-3,
+            data.view(pairs=False), steps=pretrain_steps,
+            max_seconds=None if pretrain_minutes is None else max(1.0, pretrain_minutes * 60), batch_size=16, lr=2e-3,
             seed=args.seed, num_workers=0, **net["landmarks"])
-        data_predicted = data.with_landmarks(predicted_landmarks(regressor, data))
+        predicted_train_landmarks = predicted_landmarks(regressor, data)
+        data_predicted = data.with_landmarks(predicted_train_landmarks)
         # The benchmark reads .landmarks for the sources' edits and transfers; a shallow copy shares the rest.
         benchmark_predicted = copy.copy(benchmark)
         benchmark_predicted.landmarks = predict_landmarks(regressor, benchmark.images)
         regressor_report = {
-            "regressor": regressor, "seconds": regressor_seconds,
+            "regressor": regressor, "seconds": regressor_seconds, "steps": pretrain_steps,
             "nme_heldout": float(normalized_mean_error(benchmark_predicted.landmarks, benchmark.landmarks)),
             "nme_train": float(normalized_mean_error(data_predicted.data["landmarks"], data.data["landmarks"])),
             "kwargs": dict(net["landmarks"])}
@@ -561,35 +793,33 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             f"{regressor_report['nme_heldout']:.4f} on the held-out benchmark images, "
             f"{regressor_report['nme_train']:.4f} on the training images")
 
-    rows: dict[str, dict[str, Any]] = {}
+    pairs = [(name, seed) for name in args.variants for seed in args.seeds]
     modules: dict[str, JointModule] = {}  # the first seed's, for the sample sheet
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    t_runs = time.time()
+    if args.jobs > 1:
+        torch.save({"data": data.data, "length": len(data), "predicted": predicted_train_landmarks,
+                    "segmenter_state": segmenter_state, "recognizer": str(recognizer_path),
+                    "benchmarks": benchmarks}, _shared_path(args))
+        runs = run_in_processes(args, argv, pairs, log)
+        for name in args.variants:
+            checkpoint = args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{args.seeds[0]}.ckpt")
+            modules[name] = JointModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    else:
+        shared = {"segmenter_state": segmenter_state, "recognizer": recognizer, "train_data": train_data,
+                  "benchmarks": benchmarks}
+        for name, seed in pairs:
+            runs[(name, seed)], module = train_variant(name, seed, args, net, shared, log)
+            if seed == args.seeds[0]:
+                modules[name] = module
+    runs_seconds = time.time() - t_runs
+    rows: dict[str, dict[str, Any]] = {}
     for name in args.variants:
         label, options = VARIANTS[name]
-        runs = []
-        for seed in args.seeds:
-            pl.seed_everything(seed, verbose=False)
-            module = build_variant(name, args, net, segmenter)
-            # Paired supervision needs the pairs' ground truth even for label edits.
-            paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
-            loader = DataLoader(train_data[name].view(pairs=paired_view), batch_size=args.batch_size,
-                                shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
-            trainer = pl.Trainer(**trainer_kwargs(args.minutes_per_variant, steps, args.batches_per_variant))
-            t0 = time.time()
-            trainer.fit(module, loader)
-            train_seconds = time.time() - t0
-            trainer.save_checkpoint(args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1
-                                                     else f"{name}_seed{seed}.ckpt"))
-            result = benchmarks[name].evaluate(module, recognizer, fid_features="recognizer")
-            runs.append({"seed": seed, "metrics": result.metrics, "batches": module._train_batches,
-                         "train_seconds": train_seconds, "eval_seconds": result.seconds,
-                         "features": result.features, "judge": result.judge})
-            if seed == args.seeds[0]:
-                modules[name] = module.eval()
-            log(f"{label}, seed {seed}: {module._train_batches} batches in {train_seconds / 60:.1f} min; "
-                + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS))
-        rows[name] = aggregate_seeds(label, options, runs)
+        rows[name] = aggregate_seeds(label, options, [runs[(name, seed)] for seed in args.seeds])
         rows[name]["landmarks"] = ("predicted" if name in PREDICTED_LANDMARKS else
                                    "exact" if options["region_source"] == "landmarks" else None)
+    recognizer = recognizer.cpu()  # the reference rows are judged on the CPU
 
     # ---- reference rows: the source unchanged, and the judge on the ground truth itself
     copy_result = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=recognizer,
@@ -609,9 +839,15 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                 landmarks={name: benchmarks[name].landmarks for name in modules})
     command = "python examples/benchmarks/synthfacs_ablation.py " + " ".join(shlex.quote(a) for a in argv)
     any_row = next(iter(rows.values()), None)
+    both_budgets = args.batches_per_variant is not None and args.minutes_per_variant is not None
     if args.tiny:
         banner = ("**TINY smoke run (`--tiny`): a few batches per variant at 32 px; the numbers below say nothing "
                   "about the methods.**")
+    elif both_budgets:
+        banner = (f"**Each run trained until {args.batches_per_variant} batches or {args.minutes_per_variant:g} min of "
+                  f"training wall clock, whichever came first, {args.jobs} runs at a time on one machine: the main "
+                  "table is each run at its end (equal wall clock where the clock stopped it, every run holding an "
+                  "equal share of the machine); the milestone tables below compare equal updates.**")
     elif args.batches_per_variant is not None:
         banner = (f"**Equal-batch run ({args.batches_per_variant} training batches per variant): every variant "
                   "makes the same number of updates, whatever its cost per batch; compare with the equal "
@@ -625,8 +861,25 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                    f"`lambda_paired={args.lambda_paired:g}` (every variant also gets the SynthFACS paired L1 to the "
                    "ground truth of its edits and transfers: a synthetic-data training aid, not the papers' setting)")
     batch_budget = args.batches_per_variant if args.batches_per_variant is not None else steps
-    budget = (f"{batch_budget} training batches" if batch_budget is not None else
-              f"{args.minutes_per_variant:g} min of CPU wall clock (Lightning `max_time`)")
+    clock_budget = (f"{args.minutes_per_variant:g} min of training wall clock (evaluations excluded)"
+                    if args.minutes_per_variant is not None and not args.tiny else None)
+    budget = " or ".join(b for b in ((f"{batch_budget} training batches" if batch_budget is not None else None),
+                                      clock_budget) if b)
+    if args.accelerator == "gpu":
+        where = f"{torch.cuda.get_device_name(0)} (`--accelerator gpu`, precision `{args.precision}`)"
+    else:
+        where = f"{args.threads} torch threads on {platform.processor() or platform.machine()}"
+    where += f", {args.jobs} run{'s' if args.jobs > 1 else ''} at a time, {os.cpu_count()} logical CPUs"
+    milestone_sections = []
+    for milestone in args.milestones:
+        at = milestone_rows(rows, milestone)
+        if at is None:
+            milestone_sections.append(f"### After {milestone} training batches\n\nNot reached by every run.\n")
+            continue
+        at_rows = {name: row for name, row in zip(rows, at)}
+        milestone_sections.append(
+            f"### After {milestone} training batches (equal updates)\n\n{table(at + reference_rows)}\n\n"
+            + "\n".join(target_report(at_rows, copy_result.metrics)) + "\n")
     seed_list = ", ".join(str(seed) for seed in args.seeds)
     if len(args.seeds) > 1:
         seeds_text = (f"Seeds {seed_list}: every variant is trained once per seed (initialisation and batch order); "
@@ -648,8 +901,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "the cached training images and is evaluated with its predictions for the held-out sources.")
     else:
         regressor_text = "Landmark regressor: not trained ((2) `landmarks_predicted` not among the variants)."
+    judge_text = (f"`{args.judge}`, loaded" if args.judge is not None else f"{recognizer_seconds / 60:.1f} min")
+    pretrain_text = "" if pretrain_steps is None else f"{pretrain_steps} steps of batch 16, "
     regressor_budget = ("" if regressor_report is None else
-                        f", and the landmark regressor of (2) ({regressor_report['seconds'] / 60:.1f} min)")
+                        f", and the landmark regressor of (2) ({pretrain_text}{regressor_report['seconds'] / 60:.1f} min)")
     text = f"""# Results: SynthFACS ablation
 
 Reproduce with:
@@ -662,12 +917,11 @@ Reproduce with:
 
 Setup: {args.size} px, batch {args.batch_size}, {budget} per variant, `n_critic={args.n_critic}`,
 `lr={args.lr}`, `adv_loss={args.adv_loss}`, `lambda_seg={args.lambda_seg:g}`, `critic_warmup_steps={args.critic_warmup_steps}`, {supervision}, {len(data)} cached training pairs (SynthFACS `train` split),
-{args.threads} torch threads on {platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs),
-torch {torch.__version__}.
-Not counted in the budgets: the judge ({recognizer_seconds / 60:.1f} min) and the segmenter pre-training
-shared by (3)-(6) ({segmenter_seconds / 60:.1f} min){regressor_budget}; (2o) gets exact landmarks for free.
+{where}, torch {torch.__version__}.
+Not counted in the budgets: the judge ({judge_text}) and the segmenter pre-training
+shared by (3)-(6) ({pretrain_text}{segmenter_seconds / 60:.1f} min){regressor_budget}; (2o) gets exact landmarks for free.
 {seeds_text}
-Total run time {(time.time() - start_all) / 60:.1f} min.
+Total run time {(time.time() - start_all) / 60:.1f} min ({runs_seconds / 60:.1f} min for the variants' runs).
 
 Evaluation: `segexpr.evaluation.SynthFACSEditBenchmark`, {args.eval_count} held-out (`test` split) identities,
 each edited to all 8 expressions ({args.eval_count * NUM_EXPRESSIONS} edits) and transferred once.
@@ -692,6 +946,7 @@ means over the seeds, then (4) against each baseline and (6) against (5):
 
 {chr(10).join(targets)}
 
+{chr(10).join(milestone_sections)}
 ![ablation bars]({plot_path.name})
 
 Samples (first held-out identity, models of seed {args.seeds[0]}; rows: ground truth, then
@@ -703,7 +958,7 @@ Samples (first held-out identity, models of seed {args.seeds[0]}; rows: ground t
     regressor_json = None if regressor_report is None else {
         k: v for k, v in regressor_report.items() if k != "regressor"}
     (args.work_dir / "results.json").write_text(json.dumps(
-        {"command": command, "seeds": args.seeds,
+        {"command": command, "seeds": args.seeds, "milestones": args.milestones, "device": where,
          "shared": f"data, judge, segmenter and landmark regressor made once with seed {args.seeds[0]}",
          "landmark_regressor": regressor_json,
          "rows": [{k: v for k, v in r.items() if k != "options"} for r in all_rows],
