@@ -3,6 +3,11 @@
     python examples/benchmarks/synthfacs_ablation.py --minutes-per-variant 10 --size 64 --seeds 0 1 2 \\
         --out docs/results.md
 
+    # the issue-17 run (one GPU, all 21 runs at once; docs/results_ablation_gpu.md):
+    python examples/benchmarks/synthfacs_ablation.py --accelerator gpu --jobs 21 --threads 1 --seeds 0 1 2 \\
+        --batches-per-variant 5000 --minutes-per-variant 4.5 --milestones 1000 2000 3000 5000 \\
+        --judge runs/judge_64px_600steps.ckpt --pretrain-steps 1500 --out docs/results_ablation_gpu.md
+
 Variants (each trained from scratch for ``--minutes-per-variant`` of wall clock per seed, same data, same seeds,
 same widths, ``lambda_paired=0`` by default: the papers' unpaired setting; ``--lambda-paired W`` gives every
 variant the SynthFACS paired L1 instead):
@@ -37,6 +42,14 @@ the sample standard deviation over the seeds (the value alone with one seed); th
 ``<work-dir>/results.json``. The target checks use the means and say, for the full model against each baseline,
 whether the difference of the means exceeds the seed spread (the larger of the two standard deviations), else
 "cannot tell".
+
+Budgets: ``--minutes-per-variant`` (training wall clock, evaluations excluded), ``--batches-per-variant``, or both
+(each run stops at whichever comes first). ``--milestones`` evaluates every run after those many batches too, one
+equal-updates table per milestone. ``--jobs N`` trains N (variant, seed) runs at once, each in a fresh process of
+this script that reads the shared pre-work from ``<work-dir>/shared.pt`` (same numbers as one process; on one GPU
+with CUDA MPS the runs share the card concurrently, so a wall-clock budget gives each an equal share of the
+machine). ``--accelerator gpu`` trains and evaluates there; ``--judge`` reuses a recogniser checkpoint;
+``--pretrain-steps`` gives the segmenter and the landmark regressor equal step budgets.
 
 Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out``, and the command.
 ``--batches-per-variant N`` replaces the wall-clock budget by N training batches per variant (equal updates, to
@@ -490,6 +503,13 @@ def target_report(rows: dict[str, dict[str, Any]], no_edit: dict[str, float] | N
         lines.append(f"- unwanted change of (4) = {_fmt_spread(mine, mine_std, '{:.4f}')} vs global-only (1) = "
                      f"{_fmt_spread(base, base_std, '{:.4f}')}: "
                      f"{'reached' if mine < base else 'NOT reached'}")
+    if no_edit is not None and "transfer_full" in rows and "transfer_au_mae" in no_edit:
+        mine = rows["transfer_full"]["metrics"].get("transfer_au_mae")
+        goal = no_edit["transfer_au_mae"] / 2
+        spread = rows["transfer_full"].get("metrics_std", {}).get("transfer_au_mae")
+        lines.append(f"- transfer AU error of (6) = {_fmt_spread(mine, spread, '{:.3f}')} (target <= half of no edit's "
+                     f"{no_edit['transfer_au_mae']:.3f} = {goal:.3f}): "
+                     f"{'reached' if mine is not None and mine <= goal else 'NOT reached'}")
     if no_edit is not None:
         lines.append(f"- for scale: returning the source unchanged scores PSNR {no_edit['edit_psnr']:.2f} dB and "
                      f"expression accuracy {no_edit.get('edit_expression_accuracy', float('nan')):.3f} (its source "
@@ -698,19 +718,39 @@ def run_in_processes(args: argparse.Namespace, argv: list[str], pairs: list[tupl
     return {(name, seed): json.loads(_run_path(args.work_dir, name, seed).read_text()) for name, seed in pairs}
 
 
-def milestone_rows(rows: dict[str, dict[str, Any]], milestone: int) -> list[dict[str, Any]] | None:
-    """The rows at ``milestone`` batches (every seed's metrics there), or ``None`` if some run never got there."""
-    out = []
-    for row in rows.values():
+def milestone_rows(rows: dict[str, dict[str, Any]], milestone: int) -> dict[str, dict[str, Any]]:
+    """The rows of the variants whose every seed reached ``milestone`` batches, with the metrics measured there."""
+    out = {}
+    for name, row in rows.items():
         runs = []
         for run in row["seeds"]:
             at = run.get("milestones", {}).get(str(milestone))
             if at is None:
-                return None
+                break
             runs.append({**run, "metrics": at["metrics"], "batches": milestone, "train_seconds": at["train_seconds"],
                          "eval_seconds": at["eval_seconds"]})
-        out.append(aggregate_seeds(row["label"], row["options"], runs))
+        else:
+            out[name] = {**aggregate_seeds(row["label"], row["options"], runs), "landmarks": row.get("landmarks")}
     return out
+
+
+def milestone_sections(rows: dict[str, dict[str, Any]], reference_rows: list[dict[str, Any]],
+                       no_edit: dict[str, float], milestones: list[int]) -> list[str]:
+    """One markdown section per milestone: the equal-updates table of the variants that reached it (the others
+    named), and the target checks of those rows."""
+    sections = []
+    for milestone in milestones:
+        at = milestone_rows(rows, milestone)
+        missing = [VARIANTS[name][0] for name in rows if name not in at]
+        if not at:
+            sections.append(f"### After {milestone} training batches\n\nNot reached by any run.\n")
+            continue
+        note = "" if not missing else ("Not reached by every seed of: " + "; ".join(missing) + ".\n\n")
+        checks = target_report(at, no_edit) if FULL_MODEL in at else [
+            f"- {VARIANTS[FULL_MODEL][0]} did not reach {milestone} batches: no target checks"]
+        sections.append(f"### After {milestone} training batches (equal updates)\n\n{note}"
+                        f"{table(list(at.values()) + reference_rows)}\n\n" + "\n".join(checks) + "\n")
+    return sections
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -870,16 +910,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     else:
         where = f"{args.threads} torch threads on {platform.processor() or platform.machine()}"
     where += f", {args.jobs} run{'s' if args.jobs > 1 else ''} at a time, {os.cpu_count()} logical CPUs"
-    milestone_sections = []
-    for milestone in args.milestones:
-        at = milestone_rows(rows, milestone)
-        if at is None:
-            milestone_sections.append(f"### After {milestone} training batches\n\nNot reached by every run.\n")
-            continue
-        at_rows = {name: row for name, row in zip(rows, at)}
-        milestone_sections.append(
-            f"### After {milestone} training batches (equal updates)\n\n{table(at + reference_rows)}\n\n"
-            + "\n".join(target_report(at_rows, copy_result.metrics)) + "\n")
+    sections = milestone_sections(rows, reference_rows, copy_result.metrics, args.milestones)
     seed_list = ", ".join(str(seed) for seed in args.seeds)
     if len(args.seeds) > 1:
         seeds_text = (f"Seeds {seed_list}: every variant is trained once per seed (initialisation and batch order); "
@@ -946,7 +977,7 @@ means over the seeds, then (4) against each baseline and (6) against (5):
 
 {chr(10).join(targets)}
 
-{chr(10).join(milestone_sections)}
+{chr(10).join(sections)}
 ![ablation bars]({plot_path.name})
 
 Samples (first held-out identity, models of seed {args.seeds[0]}; rows: ground truth, then
