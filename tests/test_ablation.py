@@ -39,7 +39,7 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "docs" / "results.md"
     result = ablation.main(["--tiny", "--seeds", "0", "1", "--out", str(out), "--work-dir", str(tmp_path / "work")])
 
-    assert set(result["rows"]) == set(ablation.VARIANTS)  # all seven variants trained and evaluated
+    assert set(result["rows"]) == set(ablation.VARIANTS)  # all eight variants trained and evaluated
     for name, row in result["rows"].items():
         assert row["batches"] == 2, name
         assert [run["seed"] for run in row["seeds"]] == [0, 1] and all(r["batches"] == 2 for r in row["seeds"])
@@ -54,7 +54,9 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
         has_segmenter = ablation.VARIANTS[name][1]["region_source"] == "segmenter"
         assert ("parsing_miou" in row["metrics"]) == has_segmenter, name
         assert "AUDiscriminatorModule" in row["judge"]
-    # (3) and (4) start from the same pretrained segmenter; (3) keeps it frozen
+    # (3) and (4) start from the same pretrained segmenter; (3) keeps it frozen; (3o) parses exactly
+    assert result["rows"]["masks_oracle"]["metrics"]["parsing_miou"] == pytest.approx(1.0)
+    assert result["rows"]["frozen_seg"]["metrics"]["parsing_miou"] < 0.9
     assert result["rows"]["frozen_seg"]["options"]["joint"] is False
 
     # (2) trains on the regressor's landmarks, (2o) on the exact ones: same seed, same batches of images
@@ -75,7 +77,7 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     assert f"NME {nme:.4f}** on the 2 held-out benchmark images" in text
     assert "made once, with the first seed (0)" in text
     lines = [line for line in text.splitlines() if line.startswith("| (")]
-    assert len(lines) == 7, lines
+    assert len(lines) == 8, lines
     assert all(" ± " in line for line in lines), lines  # every variant cell: mean ± std over the 2 seeds
     assert any(line.startswith("| (2) hierarchical, predicted landmark boxes |") for line in lines)
     assert any(line.startswith("| (2o) hierarchical, exact landmarks (oracle) |") for line in lines)
@@ -95,7 +97,7 @@ def test_ablation_tiny_end_to_end(tmp_path, monkeypatch):
     baseline = result["rows"][ablation.BASELINE]["metrics"]["edit_unwanted_change"]
     assert unwanted.endswith(": reached" if full["edit_unwanted_change"] < baseline else ": NOT reached"), unwanted
     # each baseline against the full model, told apart from the seed spread or "cannot tell"
-    for name in ("global", "landmarks_predicted", "landmarks", "frozen_seg"):
+    for name in ("global", "landmarks_predicted", "landmarks", "frozen_seg", "masks_oracle"):
         assert any(t.startswith(f"  - (4) vs {ablation.VARIANTS[name][0]}: expr. acc ") for t in result["targets"])
     assert any(t.startswith("  - (6) vs (5) transfer") and "leakage acc" in t for t in result["targets"])
     for png in (result["plot"], result["samples"]):
@@ -264,3 +266,26 @@ def test_milestone_tables_keep_the_variants_that_reached_them():
     assert "| (1) global only | 20 ± 0 |" in sections[1] and "| (4) joint |" not in sections[1]
     assert "did not reach 20 batches: no target checks" in sections[1]
     assert sections[2] == "### After 30 training batches\n\nNot reached by any run.\n"
+
+
+def test_ground_truth_parser_returns_the_exact_masks_of_the_images_it_knows():
+    ablation = load_benchmark("synthfacs_ablation")
+    from segexpr.data.labels import NUM_CLASSES, REGION_GROUPS
+    from segexpr.ops.regions import soft_regions
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    masks = torch.randint(0, NUM_CLASSES, (5, 16, 16), generator=generator)
+    parser = ablation.GroundTruthParser(images, masks)
+    floats = images.float() / 127.5 - 1.0  # what the DataLoader gives a model
+    order = torch.tensor([3, 0, 3])
+    logits = parser(floats[order])
+    assert logits.shape == (3, NUM_CLASSES, 16, 16)
+    assert torch.equal(logits.argmax(1), masks[order])
+    regions = soft_regions(logits, REGION_GROUPS)  # what the generator's boxes come from: the exact parts
+    brows = torch.isin(masks[order], torch.tensor(REGION_GROUPS["brows"])).float()
+    assert (regions[:, list(REGION_GROUPS).index("brows")] - brows).abs().max() < 1e-6
+    with pytest.raises(KeyError, match="1 of 2 images have no ground-truth mask"):
+        parser(torch.cat([floats[:1], torch.zeros(1, 3, 16, 16)]))
+    with pytest.raises(ValueError, match="uint8 images"):
+        ablation.GroundTruthParser(images.float(), masks)

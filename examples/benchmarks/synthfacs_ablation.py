@@ -20,6 +20,8 @@ variant the SynthFACS paired L1 instead):
    what one of (2o) costs) and the benchmark's landmarks of the held-out sources in evaluation;
 2o. ``landmarks``          -- the same with SynthFACS's *exact* landmarks (an oracle no real detector reaches);
 3. ``frozen_seg``          -- hierarchical, regions from a *frozen* pretrained segmenter (``joint=False``);
+3o. ``masks_oracle``       -- hierarchical, regions from SynthFACS's *exact* parsing masks
+   (:class:`GroundTruthParser`, a lookup of every image's mask; frozen): (3) with a perfect segmenter;
 4. ``joint``               -- hierarchical, the same pretrained segmenter trained end to end (the paper's model);
 5. ``transfer_plain``      -- transfer task without the multi-class adversarial loss and without swap
    consistency (``lambda_mcadv = lambda_swap = 0`` and ``lambda_cyc = 0``, which in the transfer task weighs
@@ -27,7 +29,7 @@ variant the SynthFACS paired L1 instead):
 6. ``transfer_full``       -- transfer task with both.
 
 (3) and (4) start from the same segmenter weights, so their difference isolates joint training; (5)/(6) use
-the architecture of (4); (2) - (2o) is what inaccurate keypoints cost. Before the variants, the script trains (not
+the architecture of (4); (2) - (2o) is what inaccurate keypoints cost, (3o) - (3) what imperfect masks cost. Before the variants, the script trains (not
 counted in the variants' budgets) the *independent judge* (``segexpr.evaluation.train_recognizer``: an
 ``AUDiscriminatorModule`` trained alone on real renders; never the GAN's discriminator), the segmenter and the
 landmark regressor (the same ``--segmenter-minutes`` budget as the segmenter; its NME on the held-out benchmark
@@ -77,7 +79,7 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from segexpr.cli import torch_threads
-from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS
+from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
@@ -98,6 +100,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "landmarks": ("(2o) hierarchical, exact landmarks (oracle)", {"task": "manipulate", "region_source": "landmarks"}),
     "frozen_seg": ("(3) hierarchical, frozen pretrained segmenter",
                    {"task": "manipulate", "region_source": "segmenter", "joint": False}),
+    "masks_oracle": ("(3o) hierarchical, ground-truth masks (oracle)",
+                     {"task": "manipulate", "region_source": "segmenter", "joint": False}),
     "joint": ("(4) hierarchical, joint end-to-end (paper)",
               {"task": "manipulate", "region_source": "segmenter", "joint": True}),
     "transfer_plain": ("(5) transfer, no mc-adv / swap consistency",
@@ -108,13 +112,15 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 #: variants whose training batches and evaluation sources carry the landmark regressor's predictions
 PREDICTED_LANDMARKS = frozenset({"landmarks_predicted"})
+#: variants whose "segmenter" is :class:`GroundTruthParser` (the exact SynthFACS masks), not a trained network
+GROUND_TRUTH_MASKS = frozenset({"masks_oracle"})
 FULL_MODEL = "joint"
 BASELINE = "global"
 TARGETS = {"edit_expression_accuracy": 0.85, "edit_psnr": 24.0}
 #: (full model, its baselines, compared metrics as (key, short name, which way is better)); "chance" = closer to
 #: the 1/8 of an expression probe that learns nothing
 COMPARISONS: list[tuple[str, list[str], list[tuple[str, str, str]]]] = [
-    (FULL_MODEL, ["global", "landmarks_predicted", "landmarks", "frozen_seg"],
+    (FULL_MODEL, ["global", "landmarks_predicted", "landmarks", "frozen_seg", "masks_oracle"],
      [("edit_expression_accuracy", "expr. acc", "higher"), ("edit_au_mae", "AU err", "lower"),
       ("edit_psnr", "PSNR", "higher"), ("edit_unwanted_change", "unwanted", "lower")]),
     ("transfer_full", ["transfer_plain"],
@@ -198,6 +204,52 @@ class CachedFaces(Dataset):
                 continue
             item[key] = value[index].float() / 127.5 - 1.0 if key in self.IMAGE_KEYS else value[index]
         return item
+
+
+class GroundTruthParser(torch.nn.Module):
+    """The oracle "segmenter" of (3o): the exact SynthFACS parsing of every image it was given, as logits.
+
+    Built from ``images`` uint8 ``[N, 3, S, S]`` and their ``masks`` int ``[N, S, S]`` (class ids, order A); called
+    with float images ``[B, 3, S, S]`` in ``[-1, 1]`` it returns ``scale * one_hot(mask)`` float
+    ``[B, NUM_CLASSES, S, S]`` for each image, found by its exact pixels (a lookup, not a network: it has no
+    weights to train, so (3o) is (3) with perfect masks). An image it was not given raises ``KeyError``.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, scale: float = 30.0) -> None:
+        super().__init__()
+        if images.dtype != torch.uint8 or images.dim() != 4 or masks.shape != images.shape[:1] + images.shape[2:]:
+            raise ValueError(f"need uint8 images [N, 3, S, S] and masks [N, S, S], got {tuple(images.shape)} "
+                             f"{images.dtype} and {tuple(masks.shape)}")
+        self.register_buffer("masks", masks.to(torch.uint8).clone(), persistent=False)
+        self.index = {self._key(image): i for i, image in enumerate(images)}
+        self.scale = float(scale)
+
+    @staticmethod
+    def _key(image: torch.Tensor) -> bytes:
+        return image.contiguous().cpu().numpy().tobytes()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        quantized = ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        rows = [self.index.get(self._key(image)) for image in quantized]
+        unknown = sum(row is None for row in rows)
+        if unknown:
+            raise KeyError(f"GroundTruthParser: {unknown} of {len(rows)} images have no ground-truth mask (only "
+                           "the SynthFACS renders it was built from do)")
+        masks = self.masks[torch.tensor(rows, device=self.masks.device)].long()
+        return torch.nn.functional.one_hot(masks, NUM_CLASSES).permute(0, 3, 1, 2).to(images.dtype) * self.scale
+
+
+def ground_truth_parser(data: "CachedFaces", benchmark: SynthFACSEditBenchmark) -> GroundTruthParser:
+    """The oracle parser of every image the ablation shows a model: the cached training images and references,
+    the benchmark's sources and its ground-truth targets (where the parsing mIoU is measured)."""
+    def uint8(images: torch.Tensor) -> torch.Tensor:
+        return images if images.dtype == torch.uint8 else ((images + 1) * 127.5).round().to(torch.uint8)
+
+    images = torch.cat([data.data["image"], data.data["reference_image"], uint8(benchmark.images),
+                        uint8(benchmark.targets.flatten(0, 1))])
+    masks = torch.cat([data.data["mask"], data.data["reference_mask"], benchmark.masks,
+                       benchmark.target_masks.flatten(0, 1)])
+    return GroundTruthParser(images, masks)
 
 
 def widths(tiny: bool, size: int) -> dict[str, Any]:
@@ -382,16 +434,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_variant(name: str, args: argparse.Namespace, net: dict[str, Any],
-                  segmenter_state: dict[str, torch.Tensor] | None) -> JointModule:
+                  segmenter_state: dict[str, torch.Tensor] | None, oracle: GroundTruthParser | None = None
+                  ) -> JointModule:
     _, options = VARIANTS[name]
     uses_segmenter = options["region_source"] == "segmenter"
+    if name in GROUND_TRUTH_MASKS:
+        segmenter = oracle
+    else:
+        segmenter = {"name": net["segmenter_arch"], **net["segmenter"]} if uses_segmenter else None
     module = JointModule(
-        segmenter={"name": net["segmenter_arch"], **net["segmenter"]} if uses_segmenter else None,
+        segmenter=segmenter,
         generator=dict(net["generator"]), coder=dict(net["coder"]), discriminator=dict(net["discriminator"]),
         image_size=args.size, adv_loss=args.adv_loss, n_critic=args.n_critic, lr=args.lr, ema_decay=0.99,
         sample_every_n_steps=0, lambda_paired=args.lambda_paired, lambda_seg=args.lambda_seg,
         critic_warmup_steps=args.critic_warmup_steps, **options)
-    if uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
+    if name in GROUND_TRUTH_MASKS:  # nothing to load: the lookup is the "weights"
+        module.initialize_segmenter(oracle.state_dict())
+    elif uses_segmenter:  # every segmenter variant starts from the same pre-trained weights
         module.initialize_segmenter(segmenter_state)
     return module
 
@@ -649,7 +708,7 @@ def train_variant(name: str, seed: int, args: argparse.Namespace, net: dict[str,
             + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS[:2]))
 
     pl.seed_everything(seed, verbose=False)
-    module = build_variant(name, args, net, shared["segmenter_state"])
+    module = build_variant(name, args, net, shared["segmenter_state"], shared.get("oracle"))
     # Paired supervision needs the pairs' ground truth even for label edits.
     paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
     loader = DataLoader(shared["train_data"][name].view(pairs=paired_view), batch_size=args.batch_size,
@@ -681,7 +740,8 @@ def _worker(args: argparse.Namespace) -> dict[str, Any]:
     saved = torch.load(_shared_path(args), weights_only=False, mmap=True)  # our own file, written by _run
     data = CachedFaces.from_tensors(saved["data"], saved["length"])
     predicted = None if saved["predicted"] is None else data.with_landmarks(saved["predicted"])
-    shared = {"segmenter_state": saved["segmenter_state"],
+    oracle = ground_truth_parser(data, saved["benchmarks"][name]) if name in GROUND_TRUTH_MASKS else None
+    shared = {"segmenter_state": saved["segmenter_state"], "oracle": oracle,
               "recognizer": load_recognizer(saved["recognizer"]),
               "train_data": {name: predicted if name in PREDICTED_LANDMARKS else data},
               "benchmarks": {name: saved["benchmarks"][name]}}
@@ -788,7 +848,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     # ---- the pretrained segmenter for (3)-(6)
     segmenter_state = None
     segmenter_seconds = 0.0
-    if any(VARIANTS[v][1]["region_source"] == "segmenter" for v in args.variants):
+    if any(VARIANTS[v][1]["region_source"] == "segmenter" and v not in GROUND_TRUTH_MASKS for v in args.variants):
         pl.seed_everything(args.seed, verbose=False)
         t0 = time.time()
         segmenter = SegmenterModule(arch=net["segmenter_arch"], segmenter_kwargs=dict(net["segmenter"]), lr=2e-3,
@@ -806,6 +866,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         log(f"segmenter pre-trained in {segmenter_seconds / 60:.1f} min")
 
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=args.seed)
+    oracle = ground_truth_parser(data, benchmark) if GROUND_TRUTH_MASKS.intersection(args.variants) else None
 
     # ---- the landmark detector of (2): pre-trained like the segmenter, its predictions made once
     regressor_report: dict[str, Any] | None = None
@@ -844,9 +905,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         runs = run_in_processes(args, argv, pairs, log)
         for name in args.variants:
             checkpoint = args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{args.seeds[0]}.ckpt")
-            modules[name] = JointModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+            extra = {"segmenter": oracle} if name in GROUND_TRUTH_MASKS else {}
+            modules[name] = JointModule.load_from_checkpoint(checkpoint, map_location="cpu", **extra).eval()
     else:
-        shared = {"segmenter_state": segmenter_state, "recognizer": recognizer, "train_data": train_data,
+        shared = {"segmenter_state": segmenter_state, "oracle": oracle, "recognizer": recognizer, "train_data": train_data,
                   "benchmarks": benchmarks}
         for name, seed in pairs:
             runs[(name, seed)], module = train_variant(name, seed, args, net, shared, log)
