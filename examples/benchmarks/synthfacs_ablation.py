@@ -83,6 +83,7 @@ from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
+from segexpr.metrics.distribution import frozen_eval
 from segexpr.models.landmarks import (
     LandmarkRegressor,
     normalized_mean_error,
@@ -145,6 +146,11 @@ COLUMNS = [
 ]
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images float in ``[-1, 1]`` -> uint8 ``[0, 255]``: exact for renders, which are uint8 originally."""
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 class CachedFaces(Dataset):
     """SynthFACS training items rendered once (uint8 images), shared by the judge, the segmenter and all variants.
 
@@ -162,8 +168,8 @@ class CachedFaces(Dataset):
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in loader:
             for key, value in batch.items():
-                if key in self.IMAGE_KEYS:  # [-1, 1] float -> uint8, exact for renders (they are uint8 originally)
-                    value = ((value + 1) * 127.5).round().to(torch.uint8)
+                if key in self.IMAGE_KEYS:
+                    value = to_uint8(value)
                 parts.setdefault(key, []).append(value)
         self.data = {k: torch.cat(v) for k, v in parts.items()}
         self.length = length
@@ -229,8 +235,7 @@ class GroundTruthParser(torch.nn.Module):
         return image.contiguous().cpu().numpy().tobytes()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        quantized = ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        rows = [self.index.get(self._key(image)) for image in quantized]
+        rows = [self.index.get(self._key(image)) for image in to_uint8(images)]
         unknown = sum(row is None for row in rows)
         if unknown:
             raise KeyError(f"GroundTruthParser: {unknown} of {len(rows)} images have no ground-truth mask (only "
@@ -242,11 +247,8 @@ class GroundTruthParser(torch.nn.Module):
 def ground_truth_parser(data: "CachedFaces", benchmark: SynthFACSEditBenchmark) -> GroundTruthParser:
     """The oracle parser of every image the ablation shows a model: the cached training images and references,
     the benchmark's sources and its ground-truth targets (where the parsing mIoU is measured)."""
-    def uint8(images: torch.Tensor) -> torch.Tensor:
-        return images if images.dtype == torch.uint8 else ((images + 1) * 127.5).round().to(torch.uint8)
-
-    images = torch.cat([data.data["image"], data.data["reference_image"], uint8(benchmark.images),
-                        uint8(benchmark.targets.flatten(0, 1))])
+    images = torch.cat([data.data["image"], data.data["reference_image"], to_uint8(benchmark.images),
+                        to_uint8(benchmark.targets.flatten(0, 1))])
     masks = torch.cat([data.data["mask"], data.data["reference_mask"], benchmark.masks,
                        benchmark.target_masks.flatten(0, 1)])
     return GroundTruthParser(images, masks)
@@ -275,23 +277,6 @@ def widths(tiny: bool, size: int) -> dict[str, Any]:
                               "feature_hidden": 32, "crop_size": crop},
             "recognizer": {"base_channels": 32, "n_layers": 4},
             "landmarks": {"width": 16, "depth": 3}}
-
-
-class StopAfterBatches(pl.Callback):
-    """Stop ``fit`` after ``batches`` JointModule training batches, across epochs.
-
-    ``max_steps`` cannot express this: with manual optimisation Lightning counts optimiser steps, and a
-    JointModule batch makes one to three of them (D, feature classifier, G every ``n_critic`` batches).
-    """
-
-    def __init__(self, batches: int) -> None:
-        if batches < 1:
-            raise ValueError(f"batches must be >= 1, got {batches}")
-        self.batches = batches
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module._train_batches >= self.batches:
-            trainer.should_stop = True
 
 
 class TrainingBudget(pl.Callback):
@@ -332,18 +317,19 @@ class TrainingBudget(pl.Callback):
             trainer.should_stop = True
 
 
-def trainer_kwargs(minutes: float | None, steps: int | None, batches: int | None = None, *,
-                   accelerator: str = "cpu", precision: str = "32-true") -> dict[str, Any]:
-    """A wall-clock budget (``max_time``), a batch budget for ``--tiny`` (one epoch), or ``batches`` JointModule
-    training batches over as many epochs as they take (``--batches-per-variant``)."""
-    common = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+def trainer_kwargs(*, accelerator: str = "cpu", precision: str = "32-true", minutes: float | None = None,
+                   max_steps: int | None = None) -> dict[str, Any]:
+    """Trainer arguments without logging or checkpoints, over as many epochs as it takes: ``max_steps`` optimiser
+    steps and/or ``minutes`` of wall clock (Lightning ``max_time``); neither when a callback stops training (the
+    variants' :class:`TrainingBudget`: with manual optimisation a JointModule batch makes several optimiser steps)."""
+    kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
               "enable_model_summary": False, "limit_val_batches": 0, "accelerator": accelerator, "devices": 1,
-              "precision": precision, "num_sanity_val_steps": 0}
-    if batches is not None:
-        return {**common, "max_epochs": -1, "callbacks": [StopAfterBatches(batches)]}
-    if steps is not None:
-        return {**common, "max_epochs": 1, "limit_train_batches": steps}
-    return {**common, "max_epochs": -1, "max_time": {"seconds": max(1, round(minutes * 60))}}
+              "precision": precision, "num_sanity_val_steps": 0, "max_epochs": -1}
+    if max_steps is not None:
+        kwargs["max_steps"] = max_steps
+    if minutes is not None:
+        kwargs["max_time"] = {"seconds": max(1, round(minutes * 60))}
+    return kwargs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -402,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiny", action="store_true", help="test mode: 32 px, tiny nets, a few batches per variant")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "name:seed": one run of --jobs
     args = parser.parse_args(argv)
+    if args.tiny and args.batches_per_variant is None:
+        args.batches_per_variant = 2  # a few batches per variant
     if args.minutes_per_variant is None and args.batches_per_variant is None:
         args.minutes_per_variant = 10.0
     if args.minutes_per_variant is not None and not args.minutes_per_variant > 0:
@@ -670,13 +658,12 @@ def evaluate_module(module: JointModule, benchmark: SynthFACSEditBenchmark, reco
                     device: torch.device) -> Any:
     """``benchmark.evaluate`` of ``module`` in eval mode on ``device``; every submodule's train/eval mode is restored
     (a milestone evaluation happens in the middle of training)."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        return benchmark.evaluate(module.to(device), recognizer, fid_features="recognizer", device=device)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with frozen_eval(module, device):
+        return benchmark.evaluate(module, recognizer, fid_features="recognizer", device=device)
+
+
+def _checkpoint_path(args: argparse.Namespace, name: str, seed: int) -> Path:
+    return args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{seed}.ckpt")
 
 
 def _run_path(work_dir: Path, name: str, seed: int) -> Path:
@@ -713,13 +700,12 @@ def train_variant(name: str, seed: int, args: argparse.Namespace, net: dict[str,
     paired_view = options["task"] != "manipulate" or args.lambda_paired > 0
     loader = DataLoader(shared["train_data"][name].view(pairs=paired_view), batch_size=args.batch_size,
                         shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(seed))
-    batches = args.batches_per_variant if args.batches_per_variant is not None else (2 if args.tiny else None)
     seconds = args.minutes_per_variant * 60 if args.minutes_per_variant is not None else None
-    budget = TrainingBudget(batches, seconds, tuple(args.milestones), evaluate=record)
-    common = trainer_kwargs(None, None, 1, accelerator=args.accelerator, precision=args.precision)
-    trainer = pl.Trainer(**{**common, "callbacks": [budget]})
+    budget = TrainingBudget(args.batches_per_variant, seconds, tuple(args.milestones), evaluate=record)
+    trainer = pl.Trainer(**trainer_kwargs(accelerator=args.accelerator, precision=args.precision),
+                         callbacks=[budget])
     trainer.fit(module, loader)
-    trainer.save_checkpoint(args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{seed}.ckpt"))
+    trainer.save_checkpoint(_checkpoint_path(args, name, seed))
     result = evaluate_module(module, benchmark, recognizer, device)
     run.update({"metrics": result.metrics, "batches": module._train_batches, "train_seconds": budget.training_seconds,
                 "eval_seconds": result.seconds, "features": result.features, "judge": result.judge,
@@ -814,13 +800,11 @@ def milestone_sections(rows: dict[str, dict[str, Any]], reference_rows: list[dic
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    steps = 2 if args.tiny else None
     net = widths(args.tiny, args.size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     start_all = time.time()
     log = print
-    device = _device(args)
 
     pl.seed_everything(args.seed, verbose=False)
     t0 = time.time()
@@ -855,12 +839,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                     scheduler="none", num_overlays=0)
         loader = DataLoader(data.view(pairs=False), batch_size=16, shuffle=True, drop_last=True,
                             generator=torch.Generator().manual_seed(args.seed))
-        if pretrain_steps is not None:
-            kwargs = {**trainer_kwargs(None, pretrain_steps, accelerator=args.accelerator), "max_epochs": -1,
-                      "limit_train_batches": None, "max_steps": pretrain_steps}
-        else:
-            kwargs = trainer_kwargs(pretrain_minutes, None, accelerator=args.accelerator)
-        pl.Trainer(**kwargs).fit(segmenter, loader)
+        pl.Trainer(**trainer_kwargs(accelerator=args.accelerator, minutes=pretrain_minutes,
+                                    max_steps=pretrain_steps)).fit(segmenter, loader)
         segmenter_state = {k: v.detach().cpu() for k, v in segmenter.segmenter.state_dict().items()}
         segmenter_seconds = time.time() - t0
         log(f"segmenter pre-trained in {segmenter_seconds / 60:.1f} min")
@@ -904,9 +884,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                     "benchmarks": benchmarks}, _shared_path(args))
         runs = run_in_processes(args, argv, pairs, log)
         for name in args.variants:
-            checkpoint = args.work_dir / (f"{name}.ckpt" if len(args.seeds) == 1 else f"{name}_seed{args.seeds[0]}.ckpt")
             extra = {"segmenter": oracle} if name in GROUND_TRUTH_MASKS else {}
-            modules[name] = JointModule.load_from_checkpoint(checkpoint, map_location="cpu", **extra).eval()
+            modules[name] = JointModule.load_from_checkpoint(_checkpoint_path(args, name, args.seeds[0]),
+                                                             map_location="cpu", **extra).eval()
     else:
         shared = {"segmenter_state": segmenter_state, "oracle": oracle, "recognizer": recognizer, "train_data": train_data,
                   "benchmarks": benchmarks}
@@ -962,7 +942,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     supervision = ("`lambda_paired=0` (unpaired, the papers' setting)" if args.lambda_paired == 0 else
                    f"`lambda_paired={args.lambda_paired:g}` (every variant also gets the SynthFACS paired L1 to the "
                    "ground truth of its edits and transfers: a synthetic-data training aid, not the papers' setting)")
-    batch_budget = args.batches_per_variant if args.batches_per_variant is not None else steps
+    batch_budget = args.batches_per_variant
     clock_budget = (f"{args.minutes_per_variant:g} min of training wall clock (evaluations excluded)"
                     if args.minutes_per_variant is not None and not args.tiny else None)
     budget = " or ".join(b for b in ((f"{batch_budget} training batches" if batch_budget is not None else None),
