@@ -289,3 +289,14 @@ def test_ground_truth_parser_returns_the_exact_masks_of_the_images_it_knows():
         parser(torch.cat([floats[:1], torch.zeros(1, 3, 16, 16)]))
     with pytest.raises(ValueError, match="uint8 images"):
         ablation.GroundTruthParser(images.float(), masks)
+
+
+def test_ablation_rejects_bad_parallel_and_budget_options(tmp_path):
+    ablation = load_benchmark("synthfacs_ablation")
+    for bad in (["--jobs", "0"], ["--milestones", "0"], ["--pretrain-steps", "0"], ["--minutes-per-variant", "0"],
+                ["--judge", str(tmp_path / "missing.ckpt")]):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(bad)
+    args = ablation.parse_args(["--milestones", "20", "10", "20"])
+    assert args.milestones == [10, 20] and args.minutes_per_variant == 10.0 and args.batches_per_variant is None
+    assert ablation.parse_args(["--tiny"]).batches_per_variant == 2
