@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from segexpr.data.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, REGION_GROUPS,
+from segexpr.data.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, ALL_REGION_GROUPS,
                                  expression_prototype)
 
 # Before any ``import gradio``: no usage analytics / version check requests from this process.
@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 #: Order-A parsing class whose palette colour paints each expression region in the overlay.
-_REGION_COLOUR_CLASS = {name: classes[0] for name, classes in REGION_GROUPS.items()}
-#: Fallback classes (distinct palette colours) for region names outside ``REGION_GROUPS``.
+_REGION_COLOUR_CLASS = {name: classes[0] for name, classes in ALL_REGION_GROUPS.items()}
+#: Fallback classes (distinct palette colours) for region names outside ``ALL_REGION_GROUPS``.
 _SPARE_CLASSES = (16, 14, 9, 6, 17, 12, 7, 15)
 _COLOUR_NAMES = {"brows": "purple", "eyes": "blue", "nose": "red", "mouth": "dark red"}
 _NO_IMAGE = "Upload a photo or press **Use a SynthFACS face** first."

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexpr.data.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, REGION_GROUPS
+from segexpr.data.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
 from segexpr.ops.regions import box_masks, region_inputs, soft_regions
 
 __all__ = ["FACE_CLASSES", "MIN_IMAGE_SIZE", "ExpressionEditor", "as_expression_labels", "check_aus", "check_images"]
@@ -116,7 +116,7 @@ class ExpressionEditor:
         coder: its :class:`~segexpr.models.generators.ExpressionCoder`.
         image_size: the square size the model was trained at; inputs are resized to it.
         segmenter: parsing network (logits ``[B, 19, H, W]``, order A); needed for ``region_source="segmenter"``.
-        region_groups: region name -> parsing classes (default: the generator's regions in ``REGION_GROUPS``).
+        region_groups: region name -> parsing classes (default: the generator's regions in ``ALL_REGION_GROUPS``).
     """
 
     def __init__(self, generator: nn.Module, coder: nn.Module, *, image_size: int, segmenter: nn.Module | None = None,
@@ -127,7 +127,7 @@ class ExpressionEditor:
         if self.region_source == "segmenter" and segmenter is None:
             raise ValueError("region_source='segmenter' needs a segmenter")
         self.region_groups = dict(region_groups) if region_groups is not None else {
-            r: REGION_GROUPS[r] for r in generator.regions if r in REGION_GROUPS}
+            r: ALL_REGION_GROUPS[r] for r in generator.regions if r in ALL_REGION_GROUPS}
 
     @classmethod
     def from_module(cls, module: nn.Module) -> "ExpressionEditor":

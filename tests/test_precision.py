@@ -73,6 +73,26 @@ def test_mixed_precision_trains_with_finite_losses(batches, precision):
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+def test_double_precision_trains_every_part_in_float64(batches):
+    # "64-true" casts the weights and the batch's float tensors to float64; labels that the code turns into
+    # floats (AU targets, the penalty's interpolation) must follow the weights instead of staying float32
+    torch.manual_seed(0)
+    module = tiny(task="both")
+    recorder = fit(module, batches, "64-true")
+    assert all(p.dtype == torch.float64 for p in module.parameters())
+    assert len(recorder.losses) == len(batches)
+    for step in recorder.losses:
+        assert {"train/d_loss", "train/g_loss", "train/d_gp"} <= step.keys()
+        assert all(math.isfinite(v) for v in step.values()), step
+
+
+def test_gradient_penalty_keeps_float64():
+    critic = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 2, 1), torch.nn.LeakyReLU(0.2),
+                                 torch.nn.Conv2d(8, 1, 3, 1, 1)).double()
+    real, fake = torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64), torch.randn(4, 3, SIZE, SIZE, dtype=torch.float64)
+    assert gradient_penalty(critic, real, fake).dtype == torch.float64
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gradient_penalty_is_float32_under_autocast(dtype):
     torch.manual_seed(0)

@@ -69,3 +69,26 @@ def test_host_synchronisations_are_counted():
         torch.nonzero(x)
         x * 2                # no synchronisation
     assert counter.host_syncs == 3
+
+
+def test_network_overrides_reach_the_built_model_and_bad_ones_are_named(capsys):
+    import pytest
+
+    step_time = load_benchmark("step_time")
+    overrides = step_time.parse_overrides(["generator.crop_size=16",
+                                           "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]"])
+    assert overrides == {"generator": {"crop_size": 16,
+                                       "regions": ["l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth"]}}
+    size, _, _, adv_loss, networks = step_time.SCALES["main"]
+    merged = step_time.with_overrides(networks, overrides)
+    assert networks["generator"]["crop_size"] == 24  # the scale's own configs are not modified
+    module = step_time.build("full", size, merged, adv_loss)
+    assert module.generator.crop_size == 16 and module.generator.num_regions == 6
+    assert module.hparams.generator["base_channels"] == 16  # the rest of the main job's widths stay
+    assert step_time.with_overrides(None, {}) is None
+    assert step_time.with_overrides(None, {"segmenter": {"backbone_width": 8}})["segmenter"] == {
+        "name": "bisenet", "backbone_width": 8}
+    for bad in ("crop_size=16", "generator.crop_size", "critic.n_layers=2", "generator.=3"):
+        with pytest.raises(SystemExit):
+            step_time.main(["--set", bad])
+        assert "--set expects NET.KEY=VALUE" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from segexpr.callbacks import BatchBudget
 from segexpr.cli import lightning_cli, torch_threads
 from segexpr.data.export import export_synthetic
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
@@ -51,22 +52,20 @@ COLUMNS = (("edit_expression_accuracy", "expr acc ↑", "{:.3f}"), ("edit_au_mae
            ("leakage_accuracy", "leakage ↓", "{:.3f}"))
 
 
-class StopAfterBatches(pl.Callback):
-    """Stop after exactly ``batches`` training batches (JointModule steps several optimisers per batch, so
-    ``max_steps`` would count optimiser steps instead)."""
+class ProgressPrinter(pl.Callback):
+    """Print the batch count, minutes and the last D/G losses every ``every`` training batches (the budget
+    itself is :class:`segexpr.callbacks.BatchBudget`)."""
 
-    def __init__(self, batches: int, report_every: int = 250) -> None:
-        self.batches, self.report_every = batches, report_every
+    def __init__(self, batches: int, every: int = 250) -> None:
+        self.batches, self.every = batches, every
         self.start = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         done = trainer.fit_loop.total_batch_idx + 1
-        if done % self.report_every == 0:
+        if done % self.every == 0:
             losses = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("train/d_loss", "train/g_loss")}
             print(f"  batch {done}/{self.batches}, {(time.time() - self.start) / 60:.1f} min, "
                   + ", ".join(f"{k[6:]} {v:.3f}" for k, v in losses.items()), flush=True)
-        if done >= self.batches:
-            trainer.should_stop = True
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -140,7 +139,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         before = benchmark.evaluate(model, judge, fid_features="none").metrics.get("parsing_miou")
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             callbacks=[StopAfterBatches(args.batches)], default_root_dir=args.work_dir)
+                             callbacks=[BatchBudget(args.batches), ProgressPrinter(args.batches)],
+                             default_root_dir=args.work_dir)
         start = time.time()
         trainer.fit(model, datamodule=data)
         minutes = (time.time() - start) / 60

@@ -3,6 +3,8 @@
     python examples/benchmarks/step_time.py                         # both scales, CPU (GPU when available), fp32 + bf16
     python examples/benchmarks/step_time.py --scales main --configs global landmarks full full-both --iters 3
     python examples/benchmarks/step_time.py --device cuda --precisions fp32 bf16 fp16
+    python examples/benchmarks/step_time.py --scales main --configs full --set generator.crop_size=16 \
+        "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]"     # a variant of the networks
 
 Two scales (``--scales``):
 
@@ -49,6 +51,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import yaml
 from torch.utils.data import DataLoader
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -75,6 +78,33 @@ SCALES: dict[str, tuple[int, int, int, str, dict[str, Any] | None]] = {
     "main": (64, 8, 2, "hinge", MAIN_JOB),
     "default": (128, 16, 5, "wgan-gp", None),
 }
+
+
+NETWORKS = ("segmenter", "generator", "coder", "discriminator")
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["generator.crop_size=16", ...]`` -> ``{"generator": {"crop_size": 16}}`` (values read as YAML)."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        net, dot, key = target.partition(".")
+        if not sep or not dot or not key or net not in NETWORKS:
+            raise ValueError(f"--set expects NET.KEY=VALUE with NET in {NETWORKS}, got {item!r}")
+        overrides.setdefault(net, {})[key] = yaml.safe_load(value)
+    return overrides
+
+
+def with_overrides(networks: dict[str, Any] | None, overrides: dict[str, dict[str, Any]]
+                   ) -> dict[str, Any] | None:
+    """The scale's network configs with ``overrides`` merged in (``None``, default widths, stays ``None`` when
+    nothing is overridden; an overridden segmenter starts from ``{"name": "bisenet"}``)."""
+    if not overrides:
+        return networks
+    merged = {k: dict(v) for k, v in (networks or {}).items()}
+    for net, values in overrides.items():
+        merged.setdefault(net, {"name": "bisenet"} if net == "segmenter" else {}).update(values)
+    return merged
 
 
 def build(config: str, size: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp") -> JointModule:
@@ -244,7 +274,15 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
     parser.add_argument("--iters", type=int, default=4, help="timed (D, D+G) batch pairs (median; 2 proved too few on a CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="NET.KEY=VALUE",
+                        help="network overrides for every config (VALUE read as YAML), e.g. generator.crop_size=16 "
+                             "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]; NET is one of "
+                             f"{', '.join(NETWORKS)}")
     args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as error:
+        parser.error(str(error))
     if args.threads:
         torch.set_num_threads(args.threads)
     if "fp16" in args.precisions and args.device == "cpu":
@@ -253,13 +291,15 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
     everything: dict[tuple, dict[str, float]] = {}
     for scale in args.scales:
         size, batch_size, n_critic, adv_loss, networks = SCALES[scale]
+        networks = with_overrides(networks, overrides)
         size, batch_size = args.size or size, args.batch_size or batch_size
         n_critic = args.n_critic or n_critic
         dataset = SyntheticFaces(size=size, length=batch_size, seed=0, pairs=True, identities=max(2, batch_size // 2))
         batch = next(iter(DataLoader(dataset, batch_size=batch_size)))
         print(f"# scale {scale}: {device_name}; batch {batch_size}, {size} px, "
-              f"{'main-job' if networks else 'default'} widths, {adv_loss}; iteration = D + G/{n_critic}; "
-              f"warm-up {args.warmup}, median of {args.iters}")
+              f"{'main-job' if scale == 'main' else 'default'} widths, {adv_loss}; iteration = D + G/{n_critic}; "
+              f"warm-up {args.warmup}, median of {args.iters}"
+              + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
         header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
                   f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9} {'ops/it':>8} "
                   f"{'ops vs gl':>9} {'opt ops/it':>10} {'syncs/it':>8}")

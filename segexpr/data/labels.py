@@ -52,6 +52,15 @@ REGION_GROUPS: Dict[str, Tuple[int, ...]] = {
     "mouth": (CLASS_INDEX["mouth"], CLASS_INDEX["u_lip"], CLASS_INDEX["l_lip"]),
 }
 REGION_NAMES: Tuple[str, ...] = tuple(REGION_GROUPS)
+#: The two-sided parts split into one region per side (``l_`` = image-left, the iBUG/CelebAMask-HQ convention):
+#: a single brow's box is about 2:1 where both brows' box is about 4:1, so the square local crop stretches it
+#: less. Pass ``regions=SIDED_REGION_NAMES`` to the generator (the critics follow it).
+SIDED_REGION_NAMES: Tuple[str, ...] = ("l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth")
+#: Every region name a generator accepts -> its order-A classes (:data:`REGION_GROUPS` plus the one-sided parts).
+ALL_REGION_GROUPS: Dict[str, Tuple[int, ...]] = {
+    **REGION_GROUPS,
+    **{side: (CLASS_INDEX[side],) for side in ("l_brow", "r_brow", "l_eye", "r_eye")},
+}
 
 #: The 8 AffectNet training expressions, in AffectNet code order.
 EXPRESSIONS: Tuple[str, ...] = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -88,6 +97,8 @@ REGION_AUS: Dict[str, Tuple[int, ...]] = {
     "nose": tuple(AU_INDEX[a] for a in ("AU9", "AU10")),
     "mouth": tuple(AU_INDEX[a] for a in ("AU10", "AU12", "AU14", "AU15", "AU17", "AU20", "AU23", "AU25", "AU26")),
 }
+# One side of a two-sided part shows the same (bilateral) AUs as the pair.
+REGION_AUS.update({f"{side}_{part}": REGION_AUS[f"{part}s"] for side in ("l", "r") for part in ("brow", "eye")})
 
 #: FACS prototypes of the 8 expressions: AU name -> intensity in [0, 1]. ``contempt`` is unilateral in
 #: SynthFACS (rendered on one side); in the AU vector it is AU12 + AU14 at reduced intensity.
@@ -142,4 +153,8 @@ REGION_LANDMARKS: Dict[str, Tuple[int, ...]] = {
     "eyes": tuple(range(36, 48)),
     "nose": tuple(range(27, 36)),
     "mouth": tuple(range(48, 68)),
+    "l_brow": tuple(range(*IBUG_PARTS["l_brow"])),
+    "r_brow": tuple(range(*IBUG_PARTS["r_brow"])),
+    "l_eye": tuple(range(*IBUG_PARTS["l_eye"])),
+    "r_eye": tuple(range(*IBUG_PARTS["r_eye"])),
 }

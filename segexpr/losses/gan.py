@@ -87,16 +87,17 @@ def gradient_penalty(
     if real.shape != fake.shape:
         raise ValueError(f"gradient_penalty needs real and fake of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
     shape = [real.shape[0]] + [1] * (real.dim() - 1)
+    dtype = torch.promote_types(real.dtype, torch.float32)  # float32, or float64 under precision="64-true"
     if alpha is None:
-        alpha = torch.rand(shape, device=real.device, dtype=torch.float32)
+        alpha = torch.rand(shape, device=real.device, dtype=dtype)
     else:
-        alpha = alpha.to(device=real.device, dtype=torch.float32).reshape(shape)
-    interpolated = (alpha * real.detach().float() + (1 - alpha) * fake.detach().float()).requires_grad_(True)
+        alpha = alpha.to(device=real.device, dtype=dtype).reshape(shape)
+    interpolated = (alpha * real.detach().to(dtype) + (1 - alpha) * fake.detach().to(dtype)).requires_grad_(True)
     scores = discriminator_fn(interpolated)
     if isinstance(scores, Mapping):
         scores = scores["adv"]
-    (grad,) = torch.autograd.grad(scores.float().sum(), interpolated, create_graph=True)
-    grad_norm = grad.float().flatten(1).norm(2, dim=1)
+    (grad,) = torch.autograd.grad(scores.to(dtype).sum(), interpolated, create_graph=True)
+    grad_norm = grad.to(dtype).flatten(1).norm(2, dim=1)
     return weight * ((grad_norm - 1.0) ** 2).mean()
 
 

@@ -126,7 +126,7 @@ class GlobalDiscriminator(nn.Module):
             original = state_dict.get(f"{prefix}{head}.parametrizations.weight.original")
             if original is not None and original.shape[1] * cells == getattr(self, head).weight.shape[1]:
                 raise ValueError(f"{prefix}{head}: a spectral-norm mean-pool head cannot be spread over "
-                                     f"{self.head_grid}x{self.head_grid} cells; build the critic with head_grid=1")
+                                 f"{self.head_grid}x{self.head_grid} cells; build the critic with head_grid=1")
 
     def _pooled_grid(self, features: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(features, self.head_grid).flatten(1)

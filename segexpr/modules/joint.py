@@ -28,7 +28,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from segexpr.data.labels import REGION_GROUPS
+from segexpr.data.labels import ALL_REGION_GROUPS
 from segexpr.editor import ExpressionEditor
 from segexpr.gan.objectives import GANObjectives, LossWeights, image_code_loss
 from segexpr.gan.stepping import (broadcast_buffers, check_finite, disable_reducer, distributed_world_size, gan_optimizers,
@@ -146,7 +146,7 @@ class JointModule(pl.LightningModule):
         if segmenter_weights is not None:
             self.initialize_segmenter(segmenter_weights)
         self.image_size = int(image_size)
-        self.region_groups = {r: REGION_GROUPS[r] for r in self.generator.regions if r in REGION_GROUPS}
+        self.region_groups = {r: ALL_REGION_GROUPS[r] for r in self.generator.regions if r in ALL_REGION_GROUPS}
         self.segmenter_trainable = bool(joint and region_source == "segmenter" and self.segmenter is not None)
         if self.segmenter is not None and not self.segmenter_trainable:
             self.segmenter.requires_grad_(False)

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 from torch import nn
 
-from segexpr.data.labels import REGION_GROUPS
+from segexpr.data.labels import ALL_REGION_GROUPS
 from segexpr.models.factory import build_network
 
 __all__ = ["NETWORKS", "build_joint_networks", "check_batch", "check_options", "check_parsing_anchor",
@@ -97,9 +97,10 @@ def build_joint_networks(args: Mapping[str, Any]) -> dict[str, nn.Module | None]
         if segmenter is None:
             raise ValueError("region_source='segmenter' needs a segmenter (a config dict such as "
                              "{'name': 'unet'} or a network returning parsing logits)")
-        unknown = [r for r in generator.regions if r not in REGION_GROUPS]
+        unknown = [r for r in generator.regions if r not in ALL_REGION_GROUPS]
         if unknown:
-            raise ValueError(f"regions {unknown} have no parsing-class group in REGION_GROUPS")
+            raise ValueError(f"regions {unknown} have no parsing-class group in ALL_REGION_GROUPS "
+                             f"(known: {sorted(ALL_REGION_GROUPS)})")
     if args["segmenter_weights"] is not None and segmenter is None:
         raise ValueError("segmenter_weights is set but the model has no segmenter")
     return {"segmenter": segmenter, "generator": generator, "coder": coder, "discriminator": discriminator}

@@ -8,14 +8,14 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 
-from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS, REGION_GROUPS
+from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
 from segexpr.visualize import overlay
 
 __all__ = ["log_image_grid", "sample_grid", "sample_grid_columns"]
 
 def _region_class_map(masks: torch.Tensor, region_names: Sequence[str], threshold: float = 0.5) -> torch.Tensor:
     """Soft region masks ``[B, R, H, W]`` -> an order-A class map coloured with each region's first class."""
-    classes = torch.tensor([REGION_GROUPS[r][0] if r in REGION_GROUPS else 1 for r in region_names],
+    classes = torch.tensor([ALL_REGION_GROUPS[r][0] if r in ALL_REGION_GROUPS else 1 for r in region_names],
                            device=masks.device, dtype=torch.long)
     best, index = masks.max(dim=1)
     return torch.where(best > threshold, classes[index], torch.zeros_like(index))

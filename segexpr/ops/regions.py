@@ -28,6 +28,11 @@ CANONICAL_REGION_BOXES: dict[str, tuple[float, float, float, float]] = {
     "eyes": (0.0, -0.15, 1.0, 0.35),
     "nose": (0.0, 0.1, 0.45, 0.5),
     "mouth": (0.0, 0.45, 0.75, 0.4),
+    # one side of a two-sided part (``l_`` = image-left, x < 0): half of the pair's box
+    "l_brow": (-0.25, -0.35, 0.5, 0.35),
+    "r_brow": (0.25, -0.35, 0.5, 0.35),
+    "l_eye": (-0.25, -0.15, 0.5, 0.35),
+    "r_eye": (0.25, -0.15, 0.5, 0.35),
 }
 #: Fallback for a region without a canonical box: the whole image.
 FULL_IMAGE_BOX: tuple[float, float, float, float] = (0.0, 0.0, 2.0, 2.0)

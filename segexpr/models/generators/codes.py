@@ -108,7 +108,8 @@ class ExpressionCoder(nn.Module):
             raise ValueError(f"from_aus expects aus [B, {self.num_aus}], got shape {tuple(aus.shape)}")
         if not aus.dtype.is_floating_point:
             raise ValueError(f"from_aus expects a float AU vector, got dtype {aus.dtype}")
-        return self.au_mlp(aus)
+        # labels arrive as float32 whatever the weights' precision (e.g. float64 under precision="64-true")
+        return self.au_mlp(aus.to(self.prototypes.dtype))
 
     def from_image(self, images: torch.Tensor) -> torch.Tensor:
         """Code of reference images (the AU-related encoder): ``[B, 3, H, W]`` in ``[-1, 1]`` -> ``[B, code_dim]``."""
