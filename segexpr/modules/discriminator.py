@@ -25,7 +25,6 @@ from segexpr.losses.gan import au_regression_loss, expression_classification_los
 from segexpr.models.discriminators import AUDiscriminator
 from segexpr.ops.regions import boxes_from_landmarks, boxes_from_masks, canonical_boxes
 from segexpr.ops.regions import hard_regions
-from segexpr.gan.stepping import adam
 from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["AUDiscriminatorModule", "real_region_boxes"]
@@ -164,5 +163,5 @@ class AUDiscriminatorModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The feature classifier and the real/fake heads get no gradient here; Adam skips parameters without one.
-        return adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        return torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas))
 

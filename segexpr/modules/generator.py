@@ -30,7 +30,6 @@ from segexpr.losses.gan import (
 from segexpr.gan.objectives import image_code_loss
 from segexpr.models.generators import ExpressionCoder, GeneratorOutput, HierarchicalGenerator, create_generator
 from segexpr.ops.regions import hard_regions
-from segexpr.gan.stepping import adam
 from segexpr.modules.hparams import constructor_arguments
 
 __all__ = ["GeneratorModule", "generator_region_inputs"]
@@ -170,4 +169,4 @@ class GeneratorModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = list(self.generator.parameters()) + list(self.coder.parameters())
-        return adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+        return torch.optim.Adam(params, lr=self.hparams.lr, betas=tuple(self.hparams.betas))

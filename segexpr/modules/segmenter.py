@@ -41,7 +41,6 @@ from segexpr.losses.segmentation import dice_loss, ohem_cross_entropy
 from segexpr.metrics.parsing import ParsingMetrics
 from segexpr.models.segmenters import Segmenter, create_segmenter, list_segmenters
 from segexpr.visualize import overlay
-from segexpr.gan.stepping import adam
 from segexpr.modules.hparams import constructor_arguments, strip_weight_sources
 
 __all__ = ["SegmenterModule", "LOSSES", "OPTIMIZERS"]
@@ -292,7 +291,7 @@ class SegmenterModule(pl.LightningModule):
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
         else:
-            opt = adam(groups, adamw=True, lr=hp.lr)
+            opt = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.scheduler == "none":
             return opt
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
