@@ -82,12 +82,6 @@ def expression_prototypes() -> torch.Tensor:
     return torch.stack([torch.from_numpy(expression_prototype(i)) for i in range(NUM_EXPRESSIONS)])
 
 
-def _real(values: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """``values`` as floats of the images' precision (float32 for integer or half inputs, float64 under
-    ``precision="64-true"``)."""
-    return values.to(images.dtype if images.dtype == torch.float64 else torch.float32)
-
-
 def _donor(batch: Mapping[str, Any], au_donor: str, keys: torch.Tensor, step: int
            ) -> tuple[str, torch.Tensor, torch.Tensor | None]:
     """(resolved mode, donor AUs ``[B, 17]``, donor expression ``[B]`` or ``None``) for batches with ``aus``."""
@@ -99,11 +93,11 @@ def _donor(batch: Mapping[str, Any], au_donor: str, keys: torch.Tensor, step: in
             raise KeyError("au_donor='reference' needs 'reference_aus' in the batch (paired data, e.g. "
                            "SyntheticFacesDataModule(pairs=True)); use au_donor='batch' or 'auto'")
         expression = batch.get("reference_expression")
-        return mode, _real(batch["reference_aus"], batch["image"]), expression.long() if expression is not None else None
+        return mode, batch["reference_aus"].float(), expression.long() if expression is not None else None
     # A permutation of the local batch (argsort of keyed numbers: reproducible without RNG state).
     perm = torch.argsort(keyed_uniform(keys, step, DRAW_DONOR))
     expression = batch["expression"].long()[perm] if batch.get("expression") is not None else None
-    return mode, _real(batch["aus"], batch["image"])[perm], expression
+    return mode, batch["aus"].float()[perm], expression
 
 
 def sample_manipulation_targets(batch: Mapping[str, Any], keys: torch.Tensor, step: int, prototypes: torch.Tensor,
