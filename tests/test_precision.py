@@ -134,3 +134,18 @@ def test_compile_flag_builds_and_trains(batches, backend):
 def test_invalid_compile_option_is_rejected():
     with pytest.raises(ValueError, match="compile must be a bool or a torch.compile backend name"):
         tiny(compile=3)
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        tiny(compile="aot_eager", compile_mode="fast")
+    with pytest.raises(ValueError, match="compile_mode='reduce-overhead' needs compile"):
+        tiny(compile_mode="reduce-overhead")
+
+
+def test_compile_mode_reaches_torch_compile(batches, monkeypatch):
+    """``compile_mode`` is handed to every network's ``torch.compile`` with the backend."""
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self).__name__, kwargs)))
+    module = tiny(task="manipulate", compile="aot_eager", compile_mode="max-autotune-no-cudagraphs")
+    module.configure_model()
+    assert calls and all(kwargs == {"backend": "aot_eager", "mode": "max-autotune-no-cudagraphs"}
+                         for _, kwargs in calls)
+    assert {name for name, _ in calls} >= {type(module.generator).__name__, type(module.discriminator).__name__}

@@ -92,3 +92,33 @@ def test_network_overrides_reach_the_built_model_and_bad_ones_are_named(capsys):
         with pytest.raises(SystemExit):
             step_time.main(["--set", bad])
         assert "--set expects NET.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_kernel_count_reads_gpu_work_and_launch_calls_from_profiler_events():
+    from types import SimpleNamespace
+
+    step_time = load_benchmark("step_time")
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    events = [SimpleNamespace(name="aten::convolution", device_type=cpu),
+              SimpleNamespace(name="cudaLaunchKernel", device_type=cpu),
+              SimpleNamespace(name="triton_poi_fused_relu_0", device_type=cuda),
+              SimpleNamespace(name="cudaGraphLaunch", device_type=cpu),
+              SimpleNamespace(name="Memcpy DtoD (Device -> Device)", device_type=cuda),
+              SimpleNamespace(name="sm90_xmma_fprop_implicit_gemm", device_type=cuda)]
+    assert step_time.count_kernels(events) == (3, 2)
+    # on a CPU the profiler sees no device work
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        torch.randn(8, 8).relu()
+    assert step_time.count_kernels(profiler.events()) == (0, 0)
+
+
+def test_compile_options_reach_the_built_model(capsys):
+    import pytest
+
+    step_time = load_benchmark("step_time")
+    module = step_time.build("global", 32, None, "hinge", "aot_eager", "max-autotune-no-cudagraphs")
+    assert module.hparams.compile == "aot_eager"
+    assert module.hparams.compile_mode == "max-autotune-no-cudagraphs"
+    with pytest.raises(SystemExit):
+        step_time.main(["--compile-mode", "reduce-overhead"])
+    assert "--compile-mode needs --compile" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python examples/benchmarks/step_time.py                         # both scales, CPU (GPU when available), fp32 + bf16
     python examples/benchmarks/step_time.py --scales main --configs global landmarks full full-both --iters 3
     python examples/benchmarks/step_time.py --device cuda --precisions fp32 bf16 fp16
+    python examples/benchmarks/step_time.py --device cuda --scales main --precisions fp32 --warmup 3 --compile inductor
     python examples/benchmarks/step_time.py --scales main --configs full --set generator.crop_size=16 \
         "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]"     # a variant of the networks
 
@@ -38,6 +39,13 @@ Configurations (``task="manipulate"`` unless noted):
 * ``full``: the paper's model: BiSeNet segmenter (trained jointly) + hierarchical generator + local critics;
 * ``full-both``: ``full`` with ``task="both"`` (manipulation and transfer losses every step).
 
+On CUDA the timed run profiles one more (D, D+G) pair with ``torch.profiler``: ``kern/it`` counts the work the GPU
+ran (kernels, memcpys and memsets, optimiser steps included) and ``launch/it`` the host's launch calls (a CUDA
+graph replay is one). Unlike ``ops/it`` these see inside compiled graphs: ``--compile inductor`` (with
+``--compile-mode reduce-overhead`` for CUDA graphs) times JointModule's ``compile`` option; FLOPs and ``ops/it``
+are then still counted on the uncompiled model. Inductor compiles for minutes (much longer for ``full``): give it
+``--warmup 3``, which also covers the recompilations for no-grad passes.
+
 Precisions: ``fp32``, ``bf16`` (``bf16-mixed``: ``torch.autocast`` on CPU or CUDA), ``fp16`` (``16-mixed``
 with a GradScaler; CUDA only). Not a test: the numbers depend on the machine and its load.
 """
@@ -58,6 +66,7 @@ from torch.utils.flop_counter import flop_registry
 
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.modules.joint import JointModule
+from segexpr.modules.joint_setup import COMPILE_MODES
 from segexpr.ops.checks import check_on_device
 
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
@@ -107,11 +116,14 @@ def with_overrides(networks: dict[str, Any] | None, overrides: dict[str, dict[st
     return merged
 
 
-def build(config: str, size: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp") -> JointModule:
-    """A JointModule for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate); ``networks``: widths."""
+def build(config: str, size: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp",
+          compile: bool | str = False, compile_mode: str | None = None) -> JointModule:
+    """A JointModule for one of :data:`CONFIGS` (``n_critic=2``: D-only / D+G alternate); ``networks``: widths;
+    ``compile``, ``compile_mode``: JointModule's (a ``torch.compile`` backend and mode)."""
     nets = {k: dict(v) for k, v in (networks or {}).items()}
     segmenter = nets.pop("segmenter", {"name": "bisenet"})
-    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, image_size=size, adv_loss=adv_loss, **nets)
+    common: dict[str, Any] = dict(n_critic=2, sample_every_n_steps=0, image_size=size, adv_loss=adv_loss,
+                                  compile=compile, compile_mode=compile_mode, **nets)
     if config == "global":
         return JointModule(segmenter=None, region_source="none", task="manipulate", **common)
     if config == "landmarks":
@@ -193,8 +205,13 @@ class FlopCount(TorchDispatchMode):
 class _Timer(pl.Callback):
     """Wall time of every training batch (synchronising CUDA), and optionally its FLOPs."""
 
-    def __init__(self, count_flops: bool) -> None:
+    def __init__(self, count_flops: bool, profile_from: int | None = None) -> None:
         self.times: list[float] = []
+        #: CUDA kernels run and launch calls made (kernel and graph launches) per batch, from ``profile_from`` on
+        self.kernels: list[int] = []
+        self.launches: list[int] = []
+        self.profile_from = profile_from
+        self._profiler: Any = None
         self.flops: list[int] = []
         self.ops: list[int] = []
         self.optimizer_ops: list[int] = []
@@ -212,11 +229,21 @@ class _Timer(pl.Callback):
             self._counter = FlopCount()
             self._counter.__enter__()
         self._sync(pl_module)
+        if self.profile_from is not None and batch_idx >= self.profile_from:
+            self._profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                                torch.profiler.ProfilerActivity.CUDA])
+            self._profiler.__enter__()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._sync(pl_module)
         self.times.append(time.perf_counter() - self._start)
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            kernels, launches = count_kernels(self._profiler.events())
+            self.kernels.append(kernels)
+            self.launches.append(launches)
+            self._profiler = None
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self.flops.append(self._counter.total)
@@ -226,8 +253,28 @@ class _Timer(pl.Callback):
             self._counter = None
 
 
-def _fit(module: JointModule, batch: dict, batches: int, precision: str, device: str, count_flops: bool) -> _Timer:
-    timer = _Timer(count_flops)
+#: CUDA runtime / driver calls that launch work on the device (a CUDA graph replay is one launch)
+LAUNCH_CALLS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                "cudaLaunchCooperativeKernel", "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
+
+
+def count_kernels(events) -> tuple[int, int]:
+    """(kernels run on the GPU, launch calls made by the host) among a ``torch.profiler`` run's events.
+
+    Unlike ``ops/it`` this sees inside ``torch.compile``d graphs: inductor fuses many aten ops into one Triton
+    kernel, and a CUDA graph replays all its kernels from one ``cudaGraphLaunch``."""
+    kernels = launches = 0
+    for event in events:
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels += 1
+        elif any(event.name.startswith(call) for call in LAUNCH_CALLS):
+            launches += 1
+    return kernels, launches
+
+
+def _fit(module: JointModule, batch: dict, batches: int, precision: str, device: str, count_flops: bool,
+         profile_from: int | None = None) -> _Timer:
+    timer = _Timer(count_flops, profile_from)
     trainer = pl.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, precision=precision,
                          max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -237,22 +284,30 @@ def _fit(module: JointModule, batch: dict, batches: int, precision: str, device:
 
 
 def measure(config: str, precision: str, batch: dict, size: int, device: str, warmup: int, iters: int,
-            n_critic: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp") -> dict[str, float]:
-    """Time ``warmup + iters`` (D, D+G) batch pairs; FLOPs and dispatched ops from one extra pair."""
+            n_critic: int, networks: dict[str, Any] | None = None, adv_loss: str = "wgan-gp",
+            compile: bool | str = False, compile_mode: str | None = None) -> dict[str, float]:
+    """Time ``warmup + iters`` (D, D+G) batch pairs; FLOPs and dispatched ops from one extra, uncompiled pair; on
+    CUDA, kernels run and launch calls from one more (D, D+G) pair of the timed run, profiled."""
     torch.manual_seed(0)
-    module = build(config, size, networks, adv_loss)
-    timer = _fit(module, batch, 2 * (warmup + iters), PRECISIONS[precision], device, count_flops=False)
-    times = timer.times[2 * warmup:]
+    module = build(config, size, networks, adv_loss, compile, compile_mode)
+    timed = 2 * (warmup + iters)
+    profiled = device == "cuda"
+    timer = _fit(module, batch, timed + 2 * profiled, PRECISIONS[precision], device, count_flops=False,
+                 profile_from=timed if profiled else None)
+    times = timer.times[2 * warmup:timed]
     t_d = statistics.median(times[0::2])     # batches 1, 3, ...: discriminator step only
     t_dg = statistics.median(times[1::2])    # batches 2, 4, ...: discriminator + generator step
+    # counted eagerly: a TorchDispatchMode cannot see inside compiled graphs (their FLOPs are the same)
     counted = _fit(build(config, size, networks, adv_loss), batch, 2, PRECISIONS[precision], device, count_flops=True)
     flops, ops, opt_ops, syncs = counted.flops, counted.ops, counted.optimizer_ops, counted.host_syncs
     t_g = max(t_dg - t_d, 0.0)
     iteration = t_d + t_g / n_critic
     flops_iter = flops[0] + (flops[1] - flops[0]) / n_critic
-    return {"ops_iter": ops[0] + (ops[1] - ops[0]) / n_critic, "ops_d": float(ops[0]), "ops_g": float(ops[1] - ops[0]),
-            "optimizer_ops_iter": opt_ops[0] + (opt_ops[1] - opt_ops[0]) / n_critic,
-            "host_syncs_iter": syncs[0] + (syncs[1] - syncs[0]) / n_critic,
+    per_iter = (lambda xs: xs[0] + (xs[1] - xs[0]) / n_critic)
+    return {"ops_iter": per_iter(ops), "ops_d": float(ops[0]), "ops_g": float(ops[1] - ops[0]),
+            "optimizer_ops_iter": per_iter(opt_ops), "host_syncs_iter": per_iter(syncs),
+            "kernels_iter": per_iter(timer.kernels) if profiled else float("nan"),
+            "launches_iter": per_iter(timer.launches) if profiled else float("nan"),
             "d_ms": t_d * 1e3, "g_ms": t_g * 1e3, "iter_ms": iteration * 1e3, "gflop_iter": flops_iter / 1e9,
             "gflop_d": flops[0] / 1e9, "gflop_g": (flops[1] - flops[0]) / 1e9,
             "gflops_per_s": flops_iter / 1e9 / iteration, "params_m": sum(p.numel() for p in module.parameters()
@@ -278,7 +333,14 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
                         help="network overrides for every config (VALUE read as YAML), e.g. generator.crop_size=16 "
                              "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]; NET is one of "
                              f"{', '.join(NETWORKS)}")
+    parser.add_argument("--compile", default=None, metavar="BACKEND",
+                        help="torch.compile every network with this backend (inductor, aot_eager, ...); FLOPs and "
+                             "ops/it are still counted on the uncompiled model")
+    parser.add_argument("--compile-mode", default=None, choices=COMPILE_MODES,
+                        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)")
     args = parser.parse_args(argv)
+    if args.compile_mode and not args.compile:
+        parser.error("--compile-mode needs --compile")
     try:
         overrides = parse_overrides(args.overrides)
     except ValueError as error:
@@ -299,24 +361,30 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
         print(f"# scale {scale}: {device_name}; batch {batch_size}, {size} px, "
               f"{'main-job' if scale == 'main' else 'default'} widths, {adv_loss}; iteration = D + G/{n_critic}; "
               f"warm-up {args.warmup}, median of {args.iters}"
-              + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else ""))
+              + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
+              + (f"; compiled: {args.compile} {args.compile_mode or 'default'}" if args.compile else ""))
         header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
                   f"{'GFLOP D':>8} {'GFLOP G':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'vs global':>9} {'ops/it':>8} "
-                  f"{'ops vs gl':>9} {'opt ops/it':>10} {'syncs/it':>8}")
+                  f"{'ops vs gl':>9} {'opt ops/it':>10} {'syncs/it':>8}"
+                  + (f" {'kern/it':>8} {'kern vs gl':>10} {'launch/it':>9}" if args.device == "cuda" else ""))
         print(header)
         results: dict[tuple[str, str], dict[str, float]] = {}
         for precision in args.precisions:
             for config in args.configs:
                 r = measure(config, precision, batch, size, args.device, args.warmup, args.iters, n_critic,
-                            networks, adv_loss)
+                            networks, adv_loss, args.compile or False, args.compile_mode)
                 results[(config, precision)] = r
                 base = results.get(("global", precision))
                 ratio = f"{r['iter_ms'] / base['iter_ms']:.2f}x" if base else "-"
                 ops_ratio = f"{r['ops_iter'] / base['ops_iter']:.2f}x" if base else "-"
-                print(f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
-                      f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
-                      f"{r['gflops_per_s']:8.1f} {ratio:>9} {r['ops_iter']:8.0f} {ops_ratio:>9} "
-                      f"{r['optimizer_ops_iter']:10.0f} {r['host_syncs_iter']:8.1f}", flush=True)
+                line = (f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
+                        f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
+                        f"{r['gflops_per_s']:8.1f} {ratio:>9} {r['ops_iter']:8.0f} {ops_ratio:>9} "
+                        f"{r['optimizer_ops_iter']:10.0f} {r['host_syncs_iter']:8.1f}")
+                if args.device == "cuda":
+                    kernel_ratio = f"{r['kernels_iter'] / base['kernels_iter']:.2f}x" if base else "-"
+                    line += f" {r['kernels_iter']:8.0f} {kernel_ratio:>10} {r['launches_iter']:9.0f}"
+                print(line, flush=True)
         if "fp32" in args.precisions and "bf16" in args.precisions:
             for config in args.configs:
                 print(f"# {scale} {config}: bf16 / fp32 iteration time = "

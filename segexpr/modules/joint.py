@@ -79,6 +79,8 @@ class JointModule(pl.LightningModule):
         seg_ohem_thresh, seg_ohem_min_kept, ignore_index: the segmentation loss (OHEM cross-entropy).
         au_loss: ``"mse"`` or ``"l1"``; label_target_probability, au_donor: see :mod:`segexpr.gan.targets`.
         compile: ``torch.compile`` the networks in ``configure_model`` (``False``, ``True`` or a backend name).
+        compile_mode: ``torch.compile``'s ``mode`` (``None``/``"default"``, ``"reduce-overhead"``: CUDA graphs,
+            ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``); only with ``compile``.
         segmenter_warmup_steps: the first this many batches train only the segmenter (needs masks).
         critic_warmup_steps: the first this many batches train the global critic's expression / AU heads on real
             images (needs labels), before any fake is made; with ``segmenter_warmup_steps`` both warm-ups share
@@ -127,6 +129,7 @@ class JointModule(pl.LightningModule):
         num_samples: int = 4,
         au_donor: str = "auto",
         compile: bool | str = False,
+        compile_mode: str | None = None,
         segmenter_warmup_steps: int = 0,
         critic_warmup_steps: int = 0,
     ) -> None:
@@ -313,7 +316,8 @@ class JointModule(pl.LightningModule):
             return
         for network in (self.generator, self.coder, self.discriminator, self.segmenter):
             if network is not None:
-                network.compile(backend="inductor" if option is True else str(option))
+                network.compile(backend="inductor" if option is True else str(option),
+                                mode=self.hparams.get("compile_mode"))
         self._compiled = True
 
     # ------------------------------------------------------------------ the schedule

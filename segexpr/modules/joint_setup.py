@@ -9,6 +9,9 @@ from torch import nn
 from segexpr.data.labels import ALL_REGION_GROUPS
 from segexpr.models.factory import build_network
 
+#: ``torch.compile`` modes JointModule accepts (``"reduce-overhead"`` replays CUDA graphs)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 __all__ = ["NETWORKS", "build_joint_networks", "check_batch", "check_options", "check_parsing_anchor",
            "split_combined", "tasks_for"]
 
@@ -38,6 +41,11 @@ def check_options(args: Mapping[str, Any], tasks: Sequence[str], region_sources:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {args['ema_decay']}")
     if not isinstance(args["compile"], (bool, str)) or args["compile"] == "":
         raise ValueError(f"compile must be a bool or a torch.compile backend name, got {args['compile']!r}")
+    if args["compile_mode"] is not None:
+        if args["compile_mode"] not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES} or None, got {args['compile_mode']!r}")
+        if not args["compile"]:
+            raise ValueError(f"compile_mode={args['compile_mode']!r} needs compile (True or a backend name)")
     if not 0 <= args["label_target_probability"] <= 1:
         raise ValueError(f"label_target_probability must be in [0, 1], got {args['label_target_probability']}")
     if not 0 < args["seg_ohem_thresh"] <= 1:
