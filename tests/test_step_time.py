@@ -56,7 +56,8 @@ def test_step_time_main_job_scale_builds_the_main_job_networks():
     size, batch, n_critic, adv_loss, networks = step_time.SCALES["main"]
     assert (size, batch, n_critic, adv_loss) == (64, 8, 2, "hinge")
     module = step_time.build("full", size, networks, adv_loss)
-    assert module.generator.crop_size == 24 and module.hparams.generator["base_channels"] == 16
+    assert module.generator.crop_size == 16 and module.hparams.generator["base_channels"] == 16
+    assert module.generator.num_regions == 6 and module.hparams.generator["local_channels"] == 8
     assert module.hparams.segmenter["backbone_width"] == 16 and module.hparams.adv_loss == "hinge"
 
 
@@ -75,15 +76,14 @@ def test_network_overrides_reach_the_built_model_and_bad_ones_are_named(capsys):
     import pytest
 
     step_time = load_benchmark("step_time")
-    overrides = step_time.parse_overrides(["generator.crop_size=16",
-                                           "generator.regions=[l_brow,r_brow,l_eye,r_eye,nose,mouth]"])
-    assert overrides == {"generator": {"crop_size": 16,
-                                       "regions": ["l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth"]}}
+    overrides = step_time.parse_overrides(["generator.crop_size=24",
+                                           "generator.regions=[brows,eyes,nose,mouth]"])
+    assert overrides == {"generator": {"crop_size": 24, "regions": ["brows", "eyes", "nose", "mouth"]}}
     size, _, _, adv_loss, networks = step_time.SCALES["main"]
     merged = step_time.with_overrides(networks, overrides)
-    assert networks["generator"]["crop_size"] == 24  # the scale's own configs are not modified
+    assert networks["generator"]["crop_size"] == 16  # the scale's own configs are not modified
     module = step_time.build("full", size, merged, adv_loss)
-    assert module.generator.crop_size == 16 and module.generator.num_regions == 6
+    assert module.generator.crop_size == 24 and module.generator.num_regions == 4
     assert module.hparams.generator["base_channels"] == 16  # the rest of the main job's widths stay
     assert step_time.with_overrides(None, {}) is None
     assert step_time.with_overrides(None, {"segmenter": {"backbone_width": 8}})["segmenter"] == {

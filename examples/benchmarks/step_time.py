@@ -10,7 +10,9 @@
 Two scales (``--scales``):
 
 * ``main``: the README's main job (``examples/configs/synthetic.yaml``): 64 px, batch 8, its CPU widths (BiSeNet
-  16/32/64, generator 16 with 2 residual blocks, 24-px crops, critics 16), hinge loss, ``n_critic=2``;
+  16/32/64, generator 16 with 2 residual blocks, six sided regions with 16-px crops and local width 8, critics
+  16), hinge loss, ``n_critic=2``. Until 2026-11-26 the main job had four regions, 24-px crops and local width 16:
+  ``--set generator.local_channels=16 generator.crop_size=24 "generator.regions=[brows,eyes,nose,mouth]"``;
 * ``default``: 128 px, batch 16, every network at its default width, WGAN-GP, ``n_critic=5``.
 
 Beside the times the table gives the **aten ops dispatched per iteration** (``ops/it``, counted with a
@@ -76,8 +78,8 @@ CONFIGS = ("global", "landmarks", "full", "full-both")
 MAIN_JOB: dict[str, Any] = {
     "segmenter": {"name": "bisenet", "backbone_width": 16, "context_channels": 32, "fusion_channels": 64,
                   "spatial_stride": 4},
-    "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 16, "local_n_res": 1,
-                  "crop_size": 24, "box_scale": 3.5},
+    "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 8, "local_n_res": 1,
+                  "crop_size": 16, "box_scale": 3.5, "regions": ["l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth"]},
     "coder": {"code_dim": 32, "base_channels": 16, "n_down": 3},
     "discriminator": {"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
                       "feature_hidden": 32},
