@@ -140,7 +140,7 @@ def test_invalid_compile_option_is_rejected():
         tiny(compile_mode="reduce-overhead")
 
 
-def test_compile_mode_reaches_torch_compile(batches, monkeypatch):
+def test_compile_mode_reaches_torch_compile(monkeypatch):
     """``compile_mode`` is handed to every network's ``torch.compile`` with the backend."""
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kwargs: calls.append((type(self).__name__, kwargs)))
