@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -10,8 +9,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "FORMATS", "image_inputs", "list_images", "open_image", "read_image", "save_image",
-           "write_image"]
+from segexpr.files import atomic_path, refuse_existing
+
+__all__ = ["IMAGE_SUFFIXES", "FORMATS", "image_inputs", "images_to_uint8", "list_images", "open_image", "read_image",
+           "save_image", "write_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: ``--format`` choices -> (PIL format name, file suffix).
@@ -83,23 +84,15 @@ def save_image(image: Image.Image, path: str | Path, *, overwrite: bool = False)
     fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it (nothing was written)")
+    refuse_existing([path], overwrite=overwrite)  # before the conversions: the error names the file first
     if fmt in ("JPEG", "BMP") and ("A" in image.getbands() or image.mode == "P" and "transparency" in image.info):
         raise ValueError(f"{path}: {fmt} cannot keep the image's alpha channel; write PNG/WEBP/TIFF instead "
                          "(--format png)")
     if fmt == "JPEG" and image.mode not in ("RGB", "L", "CMYK"):
         image = image.convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-            image.save(stream, format=fmt, **extra)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        extra = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        image.save(tmp, format=fmt, **extra)
     return path
 
 
@@ -113,10 +106,15 @@ def read_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in ``[-1, 1]`` (any shape, channels first) -> uint8 in ``[0, 255]``, rounded, same shape."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def write_image(image: torch.Tensor, path: str | Path) -> Path:
     """Write a float ``[3, H, W]`` image in ``[-1, 1]`` to ``path`` (format from the suffix)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    array = images_to_uint8(image).permute(1, 2, 0).cpu().numpy()
     Image.fromarray(array).save(path)
     return path
