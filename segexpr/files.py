@@ -46,7 +46,8 @@ def refuse_existing(paths: Iterable[str | os.PathLike], *, overwrite: bool = Fal
     unless ``overwrite``. ``option`` is the flag the message tells the user to pass."""
     if overwrite:
         return
-    existing = [str(p) for p in map(Path, paths) if _in_the_way(p)]
+    existing = [f"{p} (a folder that is not empty)" if p.is_dir() else str(p) for p in map(Path, paths)
+                if _in_the_way(p)]
     if existing:
         more = f" (and {len(existing) - _NAMED} more)" if len(existing) > _NAMED else ""
         raise FileExistsError(f"{', '.join(existing[:_NAMED])}{more} exist(s) and would be replaced; pass {option} "

@@ -93,3 +93,46 @@ def test_bad_arguments(tmp_path, capsys):
     assert cli_main(["export-synthetic", "--format", "celebamask-hq", "--out", str(tmp_path), "--count", "1",
                      "--size", "33"]) == 1
     assert "--size must be even" in capsys.readouterr().err
+
+
+def _segexpr(cwd, *args):
+    """The installed console command, run the way a user runs it: a subprocess in the user's folder."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).with_name("segexpr")
+    return subprocess.run([str(command), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_export_never_replaces_a_users_files_without_overwrite(tmp_path):
+    """Pointed at a folder that holds a real CelebAMask-HQ copy, the export refuses and names it; --overwrite
+    replaces the same-named files and leaves the others."""
+    real = tmp_path / "CelebAMask-HQ"
+    (real / "CelebA-HQ-img").mkdir(parents=True)
+    (real / "CelebA-HQ-img" / "0.jpg").write_bytes(b"the user's photo")
+    (real / "CelebA-HQ-to-CelebA-mapping.txt").write_text("the user's mapping")
+    (real / "README.txt").write_text("the user's notes")
+    args = ["export-synthetic", "--format", "celebamask-hq", "--out", "CelebAMask-HQ", "--count", "2", "--size", "32"]
+
+    refused = _segexpr(tmp_path, *args)
+    assert refused.returncode == 1, refused.stderr
+    assert "CelebAMask-HQ" in refused.stderr and "--overwrite" in refused.stderr
+    assert (real / "CelebA-HQ-img" / "0.jpg").read_bytes() == b"the user's photo"
+    assert (real / "CelebA-HQ-to-CelebA-mapping.txt").read_text() == "the user's mapping"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebAMask-HQ"]  # no staging folder left behind
+
+    replaced = _segexpr(tmp_path, *args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert (real / "CelebA-HQ-to-CelebA-mapping.txt").read_text().startswith("idx orig_idx orig_file")
+    with Image.open(real / "CelebA-HQ-img" / "0.jpg") as im:
+        assert im.size == (32, 32)
+    assert (real / "README.txt").read_text() == "the user's notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CelebAMask-HQ"]
+
+
+def test_export_into_an_empty_folder_needs_no_overwrite(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["export-synthetic", "--format", "rafd", "--out", str(tmp_path / "empty"), "--count", "1",
+                     "--size", "32"]) == 0
+    assert len(list((tmp_path / "empty").glob("*.jpg"))) == 24

@@ -23,6 +23,10 @@ Optional AUs (``aus=``): ``"openface"`` writes ``openface/<image id>.csv`` per i
 (leading spaces in column names, a ``success`` column); ``"ganimation"`` writes ``aus_openface.pkl``
 (``{image id: float64[17]}`` intensities 0-5, pickle protocol 2 as from Python 2).
 
+The output folder must be missing or empty unless ``overwrite`` (``--overwrite``): the file names are the real
+releases', so a folder holding a user's download would otherwise lose files. The export is written to a staging
+folder beside it and moved into place when complete (:func:`segexpr.files.staged_folder`).
+
 Every export also writes ``SynthFACS-ground-truth.npz`` at the root (not part of any release; loaders ignore
 it): per image ``ids``, ``split``, ``identity``, ``expression``, ``aus`` (float32 [N, 17] in [0, 1]),
 ``landmarks`` (float32 [N, 68, 2], in the exported image's pixels) and, for CelebAMask-HQ, ``masks``
@@ -41,6 +45,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import staged_folder
 from .labels import (
     CELEBAMASK_HQ_PARTS,
     CLASS_INDEX,
@@ -135,8 +140,6 @@ def _split_counts(count: int, proportions: Sequence[float]) -> list[int]:
 
 
 def _export_celebamask_hq(out: Path, count: int, size: int, rng: np.random.Generator) -> dict[str, Any]:
-    if size % 2:
-        raise ValueError(f"--size must be even for celebamask-hq (masks are written at size/2), got {size}")
     total = sum(CELEBA_HQ_SPLIT_SIZES)
     n_train, n_val, n_test = _split_counts(count, [s / total for s in CELEBA_HQ_SPLIT_SIZES])
     splits = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)[rng.permutation(count)]
@@ -298,28 +301,33 @@ def export_synthetic(
     size: int,
     seed: int = 0,
     aus: Literal["none", "openface", "ganimation"] = "none",
+    overwrite: bool = False,
 ) -> dict[str, np.ndarray]:
     """Write ``count`` SynthFACS images (``rafd``: ``count`` subjects x 24 images) of side ``size`` to ``out``
     in the release layout of ``format``; returns the ground truth also saved as ``SynthFACS-ground-truth.npz``
-    (see module docstring). Deterministic in ``seed``."""
+    (see module docstring). Deterministic in ``seed``.
+
+    ``out`` must be missing or empty (:class:`FileExistsError` naming it, before anything is rendered) unless
+    ``overwrite``: then each exported file replaces its namesake and other files in ``out`` stay."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if aus not in AU_FORMATS:
         raise ValueError(f"aus must be one of {AU_FORMATS}, got {aus!r}")
     if count < 1 or size < 16:
         raise ValueError(f"need count >= 1 and size >= 16, got count={count}, size={size}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if format == "celebamask-hq" and size % 2:
+        raise ValueError(f"--size must be even for celebamask-hq (masks are written at size/2), got {size}")
     rng = np.random.default_rng(seed)
     writer = {"celebamask-hq": _export_celebamask_hq, "affectnet": _export_affectnet,
               "affectnet-npy": _export_affectnet_npy, "rafd": _export_rafd, "ganimation": _export_ganimation}[format]
-    gt = writer(out, count, size, rng)
-    arrays = {k: np.asarray(v) for k, v in gt.items()}
-    arrays["aus"] = arrays["aus"].astype(np.float32)
-    arrays["landmarks"] = arrays["landmarks"].astype(np.float32)
-    # GANimation's layout includes its AU pickle by definition
-    _write_aus(out, "ganimation" if format == "ganimation" else aus, list(arrays["ids"]), arrays["aus"])
-    np.savez_compressed(out / GROUND_TRUTH_FILE, **arrays)
+    with staged_folder(out, overwrite=overwrite) as staging:  # checks out before rendering anything
+        gt = writer(staging, count, size, rng)
+        arrays = {k: np.asarray(v) for k, v in gt.items()}
+        arrays["aus"] = arrays["aus"].astype(np.float32)
+        arrays["landmarks"] = arrays["landmarks"].astype(np.float32)
+        # GANimation's layout includes its AU pickle by definition
+        _write_aus(staging, "ganimation" if format == "ganimation" else aus, list(arrays["ids"]), arrays["aus"])
+        np.savez_compressed(staging / GROUND_TRUTH_FILE, **arrays)
     return arrays
 
 
@@ -330,19 +338,22 @@ def load_ground_truth(root: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``segexpr export-synthetic --format F --out DIR --count N --size S [--seed K] [--aus A]``."""
+    """``segexpr export-synthetic --format F --out DIR --count N --size S [--seed K] [--aus A] [--overwrite]``."""
     parser = argparse.ArgumentParser(
         prog="segexpr export-synthetic",
         description="Write SynthFACS in a real dataset's release layout (CelebAMask-HQ, AffectNet, RaFD).")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--out", required=True, help="output folder (created; must be missing or empty)")
     parser.add_argument("--count", required=True, type=int,
                         help="number of images (rafd: number of subjects, 24 images each)")
     parser.add_argument("--size", required=True, type=int, help="face image side in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--aus", choices=AU_FORMATS, default="none",
                         help="also write per-image AUs as OpenFace CSVs or GANimation's aus_openface.pkl")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a folder that is not empty, replacing files of the same names")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    gt = export_synthetic(args.format, args.out, args.count, args.size, seed=args.seed, aus=args.aus)
+    gt = export_synthetic(args.format, args.out, args.count, args.size, seed=args.seed, aus=args.aus,
+                          overwrite=args.overwrite)
     print(f"wrote {len(gt['ids'])} {args.format} images to {args.out}")
     return 0
