@@ -7,9 +7,10 @@ neither torch nor Lightning until a command runs, so ``segexpr --help`` answers 
 
 Options every command accepts (taken out before the command sees its arguments):
 
-* ``--threads N``: torch CPU threads (default from the console: the cores this process may use that are not
-  busy, see :func:`default_threads`; ``main([...])`` called from Python leaves torch's setting alone unless
-  ``--threads`` is given); one line on stderr says how many are used and why.
+* ``--threads N``: torch CPU threads (default from the console: the cores this process may use, never the
+  machine's load, so the same command on the same machine gives the same weights, see :func:`default_threads`;
+  ``main([...])`` called from Python leaves torch's setting alone unless ``--threads`` is given); one line on
+  stderr says how many are used and why.
 * ``--debug``: show the full traceback of an error instead of one line ``segexpr <command>: <message>``.
 """
 from __future__ import annotations
@@ -63,24 +64,26 @@ def usage() -> str:
     lines += [f"  {name:<{width}}{text}" for name, text in LIGHTNING_COMMANDS.items()]
     lines += [f"  {name:<{width}}{text}" for name, (_, text) in EXTRA_COMMAND_INFO.items()]
     lines += ["", "options of every command:",
-              f"  {'--threads N':<{width}}torch CPU threads (default: the free cores of this machine)",
+              f"  {'--threads N':<{width}}torch CPU threads (default: the cores this process may use)",
               f"  {'--debug':<{width}}show tracebacks instead of one-line errors"]
     return "\n".join(lines)
 
 
 def default_threads() -> tuple[int, str]:
-    """Torch threads to use and why: the cores this process may use, minus the busy ones (load), at least 1."""
+    """Torch threads to use and why: the cores this process may use (its CPU affinity, else the machine's count),
+    capped by torch's own default (physical cores, or ``OMP_NUM_THREADS``, which DDP's launcher sets per rank),
+    at least 1.
+
+    Never the machine's load: the thread count changes the order of float sums and so the trained weights, and
+    the same command on the same machine must give the same weights whether the machine is idle or busy.
+    """
     import torch
 
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    usable = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, affinity))
-    try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        load = 0.0
-    free = max(1, usable - round(load))
-    return free, (f"{usable} usable core(s), 1-minute load {load:.1f} -> {free} free; "
-                  "--threads N to override")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch_default = torch.get_num_threads()
+    threads = max(1, min(cores, torch_default))
+    return threads, (f"{cores} core(s) this process may use, torch's default {torch_default}; not the load, so "
+                     "results repeat; --threads N to override")
 
 
 @contextlib.contextmanager
