@@ -19,10 +19,57 @@ def test_readme_has_main_job_and_test_commands():
     assert (ROOT / "examples/configs/synthetic.yaml").is_file()
 
 
+#: How `.ci/run` names its own environment where the README says `.venv` (the only difference allowed).
+CI_VENV = '"$ci_venv"'
+
+
 def test_ci_runs_the_readme_test_command():
+    """The same command, word for word, once CI's environment folder is read as the README's `.venv`."""
     tests = _readme_commands()[1]
-    ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
-    assert tests in ci_lines, f"`.ci/run` must run the README's test command verbatim: {tests}"
+    script = (ROOT / ".ci/run").read_text()
+    ci_lines = [line.strip() for line in script.splitlines()]
+    assert [line.replace(CI_VENV, ".venv") for line in ci_lines if CI_VENV in line] == [tests], (
+        f"`.ci/run` must run the README's test command with only the venv's location changed: {tests}")
+    assert not [line for line in ci_lines if ".venv" in line and not line.startswith("#")]  # never the clone's own
+    assert 'ci_venv="$ci_home/venv"' in ci_lines and any("mktemp -d" in line and "ci_home=" in line for line in ci_lines)
+
+
+def _fake_tools(bin_dir: Path, log: Path) -> None:
+    """`python3`, `apt-get` that record their calls; `python3 -m venv DIR` makes DIR/bin/{pip,python} that do too."""
+    recorder = f'#!/bin/sh\necho "$0 $*" >> {log}\n'
+    fake_python = recorder + ('if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin"; '
+                              f'for tool in pip python; do printf \'%s\' \'{recorder}\' > "$3/bin/$tool"; '
+                              'chmod +x "$3/bin/$tool"; done; fi\n')
+    bin_dir.mkdir()
+    for name, text in (("python3", fake_python), ("apt-get", recorder)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+
+
+def test_ci_leaves_a_contributors_environment_alone(tmp_path):
+    """Run in a contributor's checkout, `.ci/run` builds and removes an environment of its own; their `.venv`
+    stays. (python3 and apt-get are stand-ins that record their calls: no install, no test run.)"""
+    import os
+    import shutil
+    import subprocess
+
+    clone = tmp_path / "clone"
+    (clone / ".ci").mkdir(parents=True)
+    shutil.copy(ROOT / ".ci/run", clone / ".ci/run")
+    (clone / ".venv" / "bin").mkdir(parents=True)
+    (clone / ".venv" / "bin" / "python").write_text("the contributor's interpreter")
+    log, scratch = tmp_path / "calls.log", tmp_path / "scratch"
+    scratch.mkdir()
+    _fake_tools(tmp_path / "bin", log)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "TMPDIR": str(scratch)}
+    result = subprocess.run(["bash", str(clone / ".ci/run")], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (clone / ".venv" / "bin" / "python").read_text() == "the contributor's interpreter"
+    calls = log.read_text().splitlines()
+    venv = next(line.split()[-1] for line in calls if " -m venv " in line)
+    assert Path(venv).parent.parent == scratch  # a folder of CI's own under TMPDIR
+    assert any(line.startswith(f"{venv}/bin/python -m pytest") for line in calls), calls
+    assert list(scratch.iterdir()) == []  # and removed when done
 
 
 def test_readme_python_example_runs(tmp_path):
