@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -146,12 +147,14 @@ def test_ablation_seeds_default_to_seed_and_must_be_distinct():
 
 
 def test_ablation_paired_option_feeds_ground_truth_to_every_variant(tmp_path):
-    """--lambda-paired gives manipulate-only variants the paired view (edit targets) and the weight."""
+    """--lambda-paired gives manipulate-only variants the paired view (edit targets) and the weight; --overwrite
+    replaces an earlier table."""
     ablation = load_benchmark("synthfacs_ablation")
     out = tmp_path / "results.md"
+    out.write_text("an earlier run's table")
     result = ablation.main(["--tiny", "--variants", "global", "joint", "--lambda-paired", "5", "--lambda-seg", "3",
                             "--adv-loss", "hinge", "--critic-warmup-steps", "1", "--out", str(out),
-                            "--work-dir", str(tmp_path / "work")])
+                            "--work-dir", str(tmp_path / "work"), "--overwrite"])
     assert set(result["rows"]) == {"global", "joint"}
     text = out.read_text()
     assert "`lambda_paired=5`" in text and "`adv_loss=hinge`" in text and "`lambda_seg=3`" in text
@@ -172,6 +175,35 @@ def test_ablation_batch_budget_trains_every_variant_equally_across_epochs(tmp_pa
     assert {name: row["batches"] for name, row in result["rows"].items()} == {"global": 6, "landmarks": 6}
     text = out.read_text()
     assert "Setup: 32 px, batch 4, 6 training batches per variant" in text  # (--tiny keeps its own banner)
+
+
+def test_ablation_never_replaces_existing_outputs_without_overwrite(tmp_path, capsys):
+    """A hand-written page at --out, or an earlier run's checkpoint in --work-dir, stops the run before any work,
+    naming the file; nothing is written."""
+    ablation = load_benchmark("synthfacs_ablation")
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text("250 hand-written lines")
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="results.md.*--overwrite"):
+        ablation.main(["--tiny", "--variants", "global", "--out", str(page), "--work-dir", str(work)])
+    assert page.read_text() == "250 hand-written lines" and not work.exists()
+    assert sorted(p.name for p in page.parent.iterdir()) == ["results.md"]
+
+    work.mkdir()
+    (work / "global.ckpt").write_bytes(b"an earlier run")
+    with pytest.raises(SystemExit, match="global.ckpt"):
+        ablation.main(["--tiny", "--variants", "global", "--out", str(tmp_path / "new.md"), "--work-dir", str(work)])
+    assert (work / "global.ckpt").read_bytes() == b"an earlier run" and not (tmp_path / "new.md").exists()
+
+
+def test_ablation_default_output_is_its_own_file():
+    ablation = load_benchmark("synthfacs_ablation")
+    args = ablation.parse_args([])
+    assert args.out == Path("docs/results/synthfacs_ablation.md") and not args.overwrite
+    assert {p.name for p in ablation.planned_outputs(args)} >= {
+        "synthfacs_ablation.md", "synthfacs_ablation_ablation.png", "synthfacs_ablation_ablation_samples.png",
+        "results.json", "recognizer.ckpt", "joint.ckpt"}
 
 
 def test_ablation_rejects_a_non_positive_batch_budget():

@@ -3,6 +3,9 @@ DataModule, reload the checkpoint, judge on held-out identities, write the table
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import pytest
 
 from benchmark_scripts import load_benchmark
 
@@ -23,3 +26,15 @@ def test_rehearsal_tiny_end_to_end(tmp_path):
     assert "python examples/benchmarks/real_layout_rehearsal.py --tiny" in text
     assert "| affectnet_celebamask_hq | both | 2 |" in text and "| no edit (source returned) |" in text
     assert "(the targets are for 3000 batches; this run trained 2)" in text
+
+
+def test_rehearsal_never_replaces_existing_outputs_without_overwrite(tmp_path):
+    rehearsal = load_benchmark("real_layout_rehearsal")
+    assert rehearsal.parse_args([]).out == Path("docs/results/real_layout_rehearsal.md")
+    page = tmp_path / "results_rehearsal.md"
+    page.write_text("hand-written reading")
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="results_rehearsal.md.*--overwrite"):
+        rehearsal.main(["--tiny", "--batches", "2", "--configs", "celebamask_hq", "--work-dir", str(work),
+                        "--out", str(page)])
+    assert page.read_text() == "hand-written reading" and not work.exists()  # refused before any work

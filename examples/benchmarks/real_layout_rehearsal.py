@@ -1,6 +1,6 @@
 """Rehearsal of real-data training on SynthFACS exported in the real layouts, judged on held-out identities.
 
-    python examples/benchmarks/real_layout_rehearsal.py --batches 3000 --out docs/results_rehearsal.md
+    python examples/benchmarks/real_layout_rehearsal.py --batches 3000
 
 For each real-data config (``examples/configs/*.yaml``) the script exports SynthFACS in that dataset's release
 layout (``segexpr export-synthetic``), builds the config's model and DataModule through LightningCLI with
@@ -8,7 +8,11 @@ CPU-sized overrides for *widths, image size and batch size only* (losses, tasks,
 rates, ``n_critic`` are the config's), trains for a budget in training batches, and evaluates with the SynthFACS
 edit benchmark on held-out (``test``-split) identities, judged by an independently trained recogniser (never the
 GAN's critic): judged expression accuracy of label edits, AU error, unwanted change, transfer AU error and the
-segmenter's parsing mIoU before and after training. Prints one markdown table and writes it to ``--out``.
+segmenter's parsing mIoU before and after training. Prints one markdown table and writes it to ``--out``
+(default ``docs/results/real_layout_rehearsal.md``, a file the script owns). The table and the configs'
+checkpoints in ``--work-dir`` are checked before any work: one that exists is an error naming it unless
+``--overwrite``; they are written atomically. The exports and the judge in ``--work-dir`` are a cache, made
+when missing and reused.
 """
 from __future__ import annotations
 
@@ -26,8 +30,11 @@ from segexpr.callbacks import BatchBudget
 from segexpr.cli import lightning_cli, torch_threads
 from segexpr.data.export import export_synthetic
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
+from segexpr.files import atomic_path, refuse_existing, write_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: The script's own table (never a hand-written page).
+DEFAULT_OUT = Path("docs/results") / "real_layout_rehearsal.md"
 #: config -> (layouts to export, data root overrides)
 RECIPES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "affectnet_celebamask_hq": (("affectnet", "celebamask-hq"), {
@@ -78,7 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--judge-steps", type=int, default=600, help="recogniser training steps (batch 32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/rehearsal"))
-    parser.add_argument("--out", type=Path, default=Path("docs/results_rehearsal.md"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown table")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the table and the configs' checkpoints of an earlier run")
     parser.add_argument("--tiny", action="store_true", help="a smoke run (test suite): tiny counts and budget")
     args = parser.parse_args(argv)
     if args.batches < 1:
@@ -109,8 +118,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the rehearsal; returns the rows, the no-edit reference and the report text."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    try:
+        refuse_existing(planned_outputs(args), overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise SystemExit(f"real_layout_rehearsal.py: {err}") from None
     with torch_threads(args.threads):
         return _run(args, argv)
+
+
+def _checkpoint_path(args: argparse.Namespace, config: str) -> Path:
+    return args.work_dir / f"{config}.ckpt"
+
+
+def planned_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files a run replaces (the table, each config's checkpoint); checked before any work."""
+    return [args.out, *(_checkpoint_path(args, config) for config in args.configs)]
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
@@ -127,9 +149,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if judge_path.is_file():  # the judge depends only on its size and steps: reuse it across runs
         judge = load_recognizer(judge_path)
     else:
-        judge = train_recognizer(size=args.size, max_steps=args.judge_steps, batch_size=4 if args.tiny else 32,
-                                 discriminator_kwargs={"base_channels": 8 if args.tiny else 32,
-                                                       "n_layers": 3 if args.tiny else 4}, out=judge_path)
+        with atomic_path(judge_path) as tmp:  # a cache: whole or absent
+            judge = train_recognizer(size=args.size, max_steps=args.judge_steps, batch_size=4 if args.tiny else 32,
+                                     discriminator_kwargs={"base_channels": 8 if args.tiny else 32,
+                                                           "n_layers": 3 if args.tiny else 4}, out=tmp)
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=0)
     no_edit = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=judge, fid_features="none")
     rows = {}
@@ -144,8 +167,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         start = time.time()
         trainer.fit(model, datamodule=data)
         minutes = (time.time() - start) / 60
-        checkpoint = args.work_dir / f"{config}.ckpt"
-        trainer.save_checkpoint(checkpoint)
+        checkpoint = _checkpoint_path(args, config)
+        with atomic_path(checkpoint, overwrite=True) as tmp:  # checked before any work
+            trainer.save_checkpoint(tmp)
         loss_finite = all(torch.isfinite(v).all() for k, v in trainer.callback_metrics.items() if k.startswith("train/"))
         reloaded = type(model).load_from_checkpoint(checkpoint)  # the checkpoint loads on its own
         metrics = benchmark.evaluate(reloaded, judge, fid_features="none").metrics
@@ -154,8 +178,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         print(f"{config}: {model._train_batches} batches in {minutes:.1f} min; "
               + ", ".join(f"{k}={metrics.get(k, float('nan')):.3f}" for k, _, _ in COLUMNS), flush=True)
     text = report(rows, no_edit.metrics, args, argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text, overwrite=args.overwrite)
     print(text)
     return {"rows": rows, "no_edit": no_edit.metrics, "text": text}
 

@@ -1,7 +1,6 @@
 """SynthFACS ablation of the joint model at equal wall-clock budgets on a CPU, judged by an independent recogniser.
 
-    python examples/benchmarks/synthfacs_ablation.py --minutes-per-variant 10 --size 64 --seeds 0 1 2 \\
-        --out docs/results.md
+    python examples/benchmarks/synthfacs_ablation.py --minutes-per-variant 10 --size 64 --seeds 0 1 2
 
     # the issue-17 run (one GPU, all 21 runs at once; docs/results_ablation_gpu.md):
     python examples/benchmarks/synthfacs_ablation.py --accelerator gpu --jobs 21 --threads 1 --seeds 0 1 2 \\
@@ -53,7 +52,11 @@ with CUDA MPS the runs share the card concurrently, so a wall-clock budget gives
 machine). ``--accelerator gpu`` trains and evaluates there; ``--judge`` reuses a recogniser checkpoint;
 ``--pretrain-steps`` gives the segmenter and the landmark regressor equal step budgets.
 
-Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out``, and the command.
+Writes one markdown table (also printed), bar-chart and sample PNGs next to ``--out`` (default
+``docs/results/synthfacs_ablation.md``: a file the script owns, never a hand-written page), and the command.
+Every file the run would write (the table, its PNGs, ``<work-dir>/results.json``, checkpoints, run JSON, logs)
+is checked before any work: one that exists is an error naming it unless ``--overwrite``. Files are written
+atomically (a temporary file renamed into place).
 ``--batches-per-variant N`` replaces the wall-clock budget by N training batches per variant (equal updates, to
 separate a method's quality from its cost per batch). ``--tiny`` runs a few steps at 32 px with tiny networks
 (the test suite uses it).
@@ -82,6 +85,7 @@ from segexpr.cli import torch_threads
 from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
+from segexpr.files import atomic_path, refuse_existing, write_text
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
 from segexpr.metrics.distribution import frozen_eval
 from segexpr.models.landmarks import (
@@ -332,6 +336,10 @@ def trainer_kwargs(*, accelerator: str = "cpu", precision: str = "32-true", minu
     return kwargs
 
 
+#: The script's own table (never a hand-written page such as docs/results.md); PNGs beside it.
+DEFAULT_OUT = Path("docs/results") / "synthfacs_ablation.md"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes-per-variant", type=float, default=None,
@@ -376,7 +384,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="weight of the SynthFACS paired L1 (JointModule lambda_paired) in every variant; 0 = "
                              "the papers' unpaired setting")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown output; PNGs beside it")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown output; PNGs beside it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run (--out, its PNGs, --work-dir's files)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/synthfacs_ablation"), help="checkpoints, JSON")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 2; 1 with --tiny: small convs slow down several-fold when "
@@ -644,10 +654,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     target checks, the written paths and the landmark regressor with its NME (``None`` without (2))."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.worker is None:  # a worker writes files its parent checked
+        try:
+            refuse_existing(planned_outputs(args), overwrite=args.overwrite)
+        except FileExistsError as err:
+            raise SystemExit(f"synthfacs_ablation.py: {err}") from None
     with torch_threads(args.threads):
         if args.worker is not None:
             return _worker(args)
         return _run(args, argv)
+
+
+def _report_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The bar chart and the sample sheet written beside ``--out``."""
+    return (args.out.parent / f"{args.out.stem}_ablation.png",
+            args.out.parent / f"{args.out.stem}_ablation_samples.png")
+
+
+def planned_outputs(args: argparse.Namespace) -> list[Path]:
+    """Every file a run with ``args`` writes: checked before any work, so no earlier result is lost unnoticed."""
+    pairs = [(name, seed) for name in args.variants for seed in args.seeds]
+    paths = [args.out, *_report_paths(args), args.work_dir / "results.json"]
+    paths += [_checkpoint_path(args, name, seed) for name, seed in pairs]
+    paths += [_run_path(args.work_dir, name, seed) for name, seed in pairs]
+    if args.judge is None:
+        paths.append(args.work_dir / "recognizer.ckpt")
+    if args.jobs > 1:
+        paths.append(_shared_path(args))
+        paths += [_log_path(args, name, seed) for name, seed in pairs]
+    return paths
+
+
+def _log_path(args: argparse.Namespace, name: str, seed: int) -> Path:
+    return args.work_dir / "logs" / f"{name}_seed{seed}.log"
 
 
 def _device(args: argparse.Namespace) -> torch.device:
@@ -690,7 +729,7 @@ def train_variant(name: str, seed: int, args: argparse.Namespace, net: dict[str,
         result = evaluate_module(module, benchmark, recognizer, device)
         run["milestones"][str(batches)] = {"metrics": result.metrics, "train_seconds": seconds,
                                            "eval_seconds": result.seconds}
-        path.write_text(json.dumps(run, indent=1))
+        write_text(path, json.dumps(run, indent=1), overwrite=True)  # this run's own file, rewritten as it goes
         log(f"{label}, seed {seed}: milestone {batches} batches after {seconds / 60:.1f} min: "
             + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS[:2]))
 
@@ -705,12 +744,13 @@ def train_variant(name: str, seed: int, args: argparse.Namespace, net: dict[str,
     trainer = pl.Trainer(**trainer_kwargs(accelerator=args.accelerator, precision=args.precision),
                          callbacks=[budget])
     trainer.fit(module, loader)
-    trainer.save_checkpoint(_checkpoint_path(args, name, seed))
+    with atomic_path(_checkpoint_path(args, name, seed), overwrite=True) as tmp:  # checked before the run
+        trainer.save_checkpoint(tmp)
     result = evaluate_module(module, benchmark, recognizer, device)
     run.update({"metrics": result.metrics, "batches": module._train_batches, "train_seconds": budget.training_seconds,
                 "eval_seconds": result.seconds, "features": result.features, "judge": result.judge,
                 "device": str(device), "precision": args.precision})
-    path.write_text(json.dumps(run, indent=1))
+    write_text(path, json.dumps(run, indent=1), overwrite=True)
     log(f"{label}, seed {seed}: {module._train_batches} batches in {budget.training_seconds / 60:.1f} min; "
         + ", ".join(f"{k}={_fmt(result.metrics.get(k), f)}" for k, _, f in COLUMNS))
     return run, module.cpu().eval()
@@ -746,7 +786,7 @@ def run_in_processes(args: argparse.Namespace, argv: list[str], pairs: list[tupl
     while pending or running:
         while pending and len(running) < args.jobs:
             name, seed = pending.pop(0)
-            handle = (logs / f"{name}_seed{seed}.log").open("w")
+            handle = _log_path(args, name, seed).open("w")
             command = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", f"{name}:{seed}"]
             running[(name, seed)] = (subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT), handle)
         time.sleep(0.2)
@@ -820,10 +860,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         log(f"judge loaded from {recognizer_path}")
     else:
         recognizer_path = args.work_dir / "recognizer.ckpt"
-        recognizer = train_recognizer(size=args.size, minutes=None if args.tiny else args.recognizer_minutes,
-                                      max_steps=4 if args.tiny else -1, batch_size=4 if args.tiny else 32,
-                                      seed=args.seed + 1, discriminator_kwargs=net["recognizer"], lr=1e-3,
-                                      dataset=data.view(pairs=False), out=recognizer_path)
+        with atomic_path(recognizer_path, overwrite=True) as tmp:  # checked before the run
+            recognizer = train_recognizer(size=args.size, minutes=None if args.tiny else args.recognizer_minutes,
+                                          max_steps=4 if args.tiny else -1, batch_size=4 if args.tiny else 32,
+                                          seed=args.seed + 1, discriminator_kwargs=net["recognizer"], lr=1e-3,
+                                          dataset=data.view(pairs=False), out=tmp)
         recognizer_seconds = time.time() - t0
         log(f"judge trained in {recognizer_seconds / 60:.1f} min")
 
@@ -879,9 +920,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     t_runs = time.time()
     if args.jobs > 1:
-        torch.save({"data": data.data, "length": len(data), "predicted": predicted_train_landmarks,
-                    "segmenter_state": segmenter_state, "recognizer": str(recognizer_path),
-                    "benchmarks": benchmarks}, _shared_path(args))
+        with atomic_path(_shared_path(args), overwrite=True) as tmp:
+            torch.save({"data": data.data, "length": len(data), "predicted": predicted_train_landmarks,
+                        "segmenter_state": segmenter_state, "recognizer": str(recognizer_path),
+                        "benchmarks": benchmarks}, tmp)
         runs = run_in_processes(args, argv, pairs, log)
         for name in args.variants:
             extra = {"segmenter": oracle} if name in GROUND_TRUTH_MASKS else {}
@@ -916,9 +958,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     md_table = table(all_rows)
     targets = target_report(rows, copy_result.metrics)
-    plot_path = plot(all_rows, args.out.parent / f"{args.out.stem}_ablation.png")
-    samples_path = sample_sheet(modules, benchmark, args.out.parent / f"{args.out.stem}_ablation_samples.png",
-                                landmarks={name: benchmarks[name].landmarks for name in modules})
+    plot_path, samples_path = _report_paths(args)
+    with atomic_path(plot_path, overwrite=args.overwrite) as tmp:
+        plot(all_rows, tmp)
+    with atomic_path(samples_path, overwrite=args.overwrite) as tmp:
+        sample_sheet(modules, benchmark, tmp, landmarks={name: benchmarks[name].landmarks for name in modules})
     command = "python examples/benchmarks/synthfacs_ablation.py " + " ".join(shlex.quote(a) for a in argv)
     any_row = next(iter(rows.values()), None)
     both_budgets = args.batches_per_variant is not None and args.minutes_per_variant is not None
@@ -1027,15 +1071,15 @@ Samples (first held-out identity, models of seed {args.seeds[0]}; rows: ground t
 
 ![ablation samples]({samples_path.name})
 """
-    args.out.write_text(text)
     regressor_json = None if regressor_report is None else {
         k: v for k, v in regressor_report.items() if k != "regressor"}
-    (args.work_dir / "results.json").write_text(json.dumps(
+    write_text(args.work_dir / "results.json", json.dumps(
         {"command": command, "seeds": args.seeds, "milestones": args.milestones, "device": where,
          "shared": f"data, judge, segmenter and landmark regressor made once with seed {args.seeds[0]}",
          "landmark_regressor": regressor_json,
          "rows": [{k: v for k, v in r.items() if k != "options"} for r in all_rows],
-         "targets": targets}, indent=2, default=str))
+         "targets": targets}, indent=2, default=str), overwrite=args.overwrite)
+    write_text(args.out, text, overwrite=args.overwrite)
     print(md_table)
     print("\n".join(targets))
     print(f"wrote {args.out}, {plot_path}, {samples_path}")
