@@ -100,8 +100,24 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def set_threads(requested: int | None) -> int:
-    """Set torch's CPU threads (``requested``, else :func:`default_threads`) and print one line saying why."""
+def launched_rank() -> int | None:
+    """This process's rank as set by a multi-process launcher (Lightning's DDP launcher sets ``LOCAL_RANK`` in the
+    ranks it starts; torchrun ``RANK``; SLURM ``SLURM_PROCID``), read as Lightning reads it; None if none is set."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                return int(value)
+    return None
+
+
+def set_threads(requested: int | None, export: bool = False) -> int:
+    """Set torch's CPU threads (``requested``, else :func:`default_threads`) and print one line saying why.
+
+    The line is printed by rank zero only (a DDP rank that Lightning re-ran from the same command line sets the
+    same threads silently). ``export=True`` (the console with ``--threads``) also sets ``OMP_NUM_THREADS``, so that
+    Lightning's DDP launcher, which otherwise gives every rank cores // processes threads, keeps the count asked for.
+    """
     import torch
 
     if requested is not None:
@@ -109,7 +125,10 @@ def set_threads(requested: int | None) -> int:
     else:
         threads, why = default_threads()
     torch.set_num_threads(threads)
-    print(f"segexpr: using {threads} torch thread(s) ({why})", file=sys.stderr)
+    if export:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    if launched_rank() in (None, 0):
+        print(f"segexpr: using {threads} torch thread(s) ({why})", file=sys.stderr)
     return threads
 
 
@@ -156,6 +175,15 @@ def _segexpr_cli_class():
         newest run's last checkpoint. Where symbolic links are not allowed, ``latest.txt`` names the folder.
         """
 
+        def __init__(self, *args, relaunch_argv: Sequence[str] | None = None, **kwargs) -> None:
+            self.relaunch_argv = list(relaunch_argv) if relaunch_argv is not None else None
+            super().__init__(*args, **kwargs)
+
+        def before_instantiate_classes(self) -> None:
+            # parsed: from here on sys.argv is the command line Lightning's DDP launcher re-runs for the other ranks
+            if self.relaunch_argv is not None:
+                sys.argv = list(self.relaunch_argv)
+
         def before_fit(self) -> None:
             update_latest_link(self.trainer)
 
@@ -183,10 +211,11 @@ def update_latest_link(trainer) -> Path | None:
     return link
 
 
-def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
+def lightning_cli(args: Sequence[str] | None = None, run: bool = True, relaunch_argv: Sequence[str] | None = None):
     """Build Lightning's CLI over every segexpr LightningModule and DataModule (subclass mode).
 
-    ``args=None`` reads ``sys.argv`` (the console); a list is for calls from Python (tests).
+    ``args=None`` reads ``sys.argv`` (the console); a list is for calls from Python (tests). ``relaunch_argv``:
+    what ``sys.argv`` becomes once the arguments are parsed (the command line DDP re-runs for the other ranks).
     """
     import pytorch_lightning as pl
 
@@ -198,15 +227,23 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True):
         args=list(args) if args is not None else None,
         run=run,
         save_config_kwargs={"overwrite": True},
+        relaunch_argv=relaunch_argv,
     )
 
 
 def _run_lightning(argv: list[str]) -> int:
-    """LightningCLI on ``argv`` read as the process's own command line (no args/sys.argv warning)."""
+    """LightningCLI on ``argv`` read as the process's own command line (no args/sys.argv warning).
+
+    Only while LightningCLI parses is ``sys.argv`` ``["segexpr", *argv]``; while the command runs it is the
+    caller's own again, because Lightning's DDP launcher starts the other ranks by re-running it
+    (``python <abspath of sys.argv[0]> <sys.argv[1:]>``, or ``python -m <__main__'s module> <sys.argv[1:]>``): from
+    the console that is the ``segexpr`` script or ``python -m segexpr`` with the whole command line, global options
+    included, from any working directory; from Python, the caller's script, as for any Lightning Trainer.
+    """
     saved = sys.argv
     sys.argv = ["segexpr", *argv]
     try:
-        lightning_cli(None)
+        lightning_cli(None, relaunch_argv=saved)
     finally:
         sys.argv = saved
     return 0
@@ -231,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest, threads, debug = _pop_global_options(argv[1:])
         # threads: from the console always (default: the free cores); from Python (tests) only when asked
         if command in TORCH_COMMANDS and (console or threads is not None) and not ({"-h", "--help"} & set(rest)):
-            set_threads(threads)
+            set_threads(threads, export=console and threads is not None and command in LIGHTNING_COMMANDS)
         if command in LIGHTNING_COMMANDS:
             return _run_lightning([command, *rest])
         module_name, func_name = EXTRA_COMMANDS[command].split(":")
