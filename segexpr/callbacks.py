@@ -1,6 +1,11 @@
 """Lightning callbacks that turn training into something a person can look at, and a fixed batch budget."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from segexpr.visualize import label_columns
 
-__all__ = ["BatchBudget", "ResultImage"]
+__all__ = ["BatchBudget", "ResultImage", "StopAllRanksOnError"]
 
 
 def batches_done(trainer: pl.Trainer) -> int:
@@ -186,3 +191,80 @@ class BatchCheckpoint(ModelCheckpoint):
         # A run that stops between two cadence points (a batch budget, an interruption) still leaves last.ckpt.
         if self.save_last and not trainer.sanity_checking and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class StopAllRanksOnError(pl.Callback):
+    """Under multi-process DDP, an exception on one rank stops every rank within seconds, its error shown once.
+
+    Without it the ranks that did not fail wait in their next collective: with NCCL until the process group times
+    out (30 min), with gloo they fail there with a second, misleading traceback ("Connection closed by peer").
+    Lightning's subprocess launcher kills every rank when a rank it started *exits* with an error (its
+    child-process observer looks every 5 s), but not when the launching rank (local rank 0) raises, and not while
+    the failing rank hangs in its teardown. On an exception (``on_exception``: the rank that raised, before
+    Lightning's own teardown), with more than one process:
+
+    * the exception is marked ``segexpr_rank`` (this global rank): the console then reports it once and ends the
+      process at once (``os._exit``) rather than through a Python shutdown that can hang (the process group's
+      destructor, a library's non-daemon thread). With ``exit_after_s`` (the console) the process also exits with
+      code 1 that many seconds after the error if its teardown hangs before that.
+    * on the rank that started the others (Lightning's subprocess launcher): it waits up to ``grace_s`` for them
+      to exit on their own (they may be failing too and reporting their own error: a non-finite loss stops every
+      rank), then kills the rest (``Popen.kill``, as Lightning's observer does) and reaps them. Their list is
+      emptied first, so Lightning's observer, which watches that same list, does not kill this process before it
+      has reported its error. If one of them had exited with an error, the exception is also marked
+      ``segexpr_after_rank = (rank, exit code)``: most likely a consequence (a collective whose peer died), which
+      the console reports in one line after that rank's own error.
+
+    ``segexpr fit|validate|test|predict`` adds it to every trainer (a no-op in a single process); a Python script
+    may add it to its own ``Trainer(callbacks=[...])``.
+    """
+
+    def __init__(self, grace_s: float = 2.0, exit_after_s: float | None = None) -> None:
+        super().__init__()
+        self.grace_s = float(grace_s)
+        self.exit_after_s = exit_after_s
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.world_size <= 1:
+            return
+        rank = trainer.global_rank
+        with contextlib.suppress(AttributeError, TypeError):  # an exception type that takes no attributes
+            exception.segexpr_rank = rank  # type: ignore[attr-defined]
+        if self.exit_after_s is not None:
+            _exit_later(self.exit_after_s, rank, exception)
+        launched = getattr(getattr(trainer.strategy, "launcher", None), "procs", None)
+        if not launched:
+            return
+        children = list(launched)
+        launched.clear()  # Lightning's _ChildProcessObserver watches this list: from now on it kills nobody
+        deadline = time.monotonic() + self.grace_s
+        while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the launcher's i-th process is local rank i + 1; this process is local rank 0
+        failed = [(rank + i + 1, child.returncode) for i, child in enumerate(children) if child.returncode]
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+        for child in children:
+            with contextlib.suppress(Exception):
+                child.wait(timeout=10)
+        if failed:
+            with contextlib.suppress(AttributeError, TypeError):
+                exception.segexpr_after_rank = failed[0]  # type: ignore[attr-defined]
+
+
+def _exit_later(seconds: float, rank: int, exception: BaseException) -> None:
+    """End this process with code 1 in ``seconds``, naming ``exception`` (a daemon timer: it does not keep the
+    process alive)."""
+    error = f"{type(exception).__name__}: {(str(exception).strip().splitlines() or [''])[0]}"
+
+    def stop() -> None:
+        print(f"segexpr: rank {rank} was still tearing down {seconds:g} s after its error ({error}); exiting",
+              file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()

@@ -1,5 +1,6 @@
 """Issue 26: multi-process DDP run the way a user runs it -- the installed ``segexpr`` console command and
-``python -m segexpr``, from another working directory, 2 CPU processes (gloo).
+``python -m segexpr``, from another working directory, 2 CPU processes (gloo) -- and an exception on one rank
+stopping every rank in bounded time with that rank's error shown once.
 
 Lightning's DDP launcher starts rank 1 by re-running the command line (``python <sys.argv[0]> ...`` or
 ``python -m <module> ...``), so each test starts one process and checks what each rank did through a probe
@@ -199,3 +200,27 @@ def test_python_dash_m_segexpr_trains_two_ddp_ranks(tmp_path):
     # rank 0 ran as ``-m segexpr``, rank 1 as Lightning re-ran it: ``-m segexpr.__main__``
     assert [rank["main_module"] for rank in ranks] == ["segexpr.__main__", "segexpr.__main__"]
     print(f"python -m segexpr DDP fit: {seconds:.1f} s")
+
+
+@pytest.mark.parametrize("failing", [1, 0])
+def test_an_error_on_one_rank_stops_both_ranks_and_is_shown_once(tmp_path, failing):
+    fail = (f"    - class_path: segexpr_ddp_probe.FailOnRank\n"
+            f"      init_args: {{rank: {failing}, batch: 2, linger: true}}\n")
+    folder = write_run(tmp_path, batches=6, extra=fail)
+    code, output, seconds = run_in(folder, [*segexpr_command(), "fit", "--config", "ddp.yaml", *DDP, "--threads", "1"],
+                                   timeout=60)
+    assert code != 0, output[-4000:]
+    pids = [int((folder / "ranks" / f"rank{r}.pid").read_text()) for r in (0, 1)]
+    deadline = time.monotonic() + 10  # an orphaned rank would have kept the output open: this is a formality
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in pids), (pids, output[-4000:])
+    # the failing rank's error, once, with its traceback; the other rank adds no traceback of its own
+    message = f"RuntimeError: probe failure on rank {failing} at batch 2"
+    assert output.count(message) == 1, output[-6000:]
+    assert output.count("Traceback (most recent call last)") == 1, output[-6000:]
+    assert f"[rank{failing}]: Traceback" in output
+    if failing == 1:  # rank 0 says in one line that it stopped because rank 1 failed
+        assert "segexpr fit: rank 0 stopped after rank 1 failed (exit code 1; its error is above)" in output
+    assert not (folder / "ranks" / "rank0.json").exists()
+    print(f"rank {failing} failing: both ranks gone after {seconds:.1f} s")

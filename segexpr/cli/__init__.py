@@ -175,14 +175,25 @@ def _segexpr_cli_class():
         newest run's last checkpoint. Where symbolic links are not allowed, ``latest.txt`` names the folder.
         """
 
-        def __init__(self, *args, relaunch_argv: Sequence[str] | None = None, **kwargs) -> None:
+        def __init__(self, *args, relaunch_argv: Sequence[str] | None = None,
+                     exit_after_error_s: float | None = None, **kwargs) -> None:
             self.relaunch_argv = list(relaunch_argv) if relaunch_argv is not None else None
+            self.exit_after_error_s = exit_after_error_s
             super().__init__(*args, **kwargs)
 
         def before_instantiate_classes(self) -> None:
             # parsed: from here on sys.argv is the command line Lightning's DDP launcher re-runs for the other ranks
             if self.relaunch_argv is not None:
                 sys.argv = list(self.relaunch_argv)
+
+        def instantiate_trainer(self, **kwargs):
+            # under DDP, an exception on one rank stops every rank (a no-op in a single process)
+            from segexpr.callbacks import StopAllRanksOnError
+
+            trainer = super().instantiate_trainer(**kwargs)
+            if not any(isinstance(callback, StopAllRanksOnError) for callback in trainer.callbacks):
+                trainer.callbacks.insert(0, StopAllRanksOnError(exit_after_s=self.exit_after_error_s))
+            return trainer
 
         def before_fit(self) -> None:
             update_latest_link(self.trainer)
@@ -211,11 +222,14 @@ def update_latest_link(trainer) -> Path | None:
     return link
 
 
-def lightning_cli(args: Sequence[str] | None = None, run: bool = True, relaunch_argv: Sequence[str] | None = None):
+def lightning_cli(args: Sequence[str] | None = None, run: bool = True, relaunch_argv: Sequence[str] | None = None,
+                  exit_after_error_s: float | None = None):
     """Build Lightning's CLI over every segexpr LightningModule and DataModule (subclass mode).
 
     ``args=None`` reads ``sys.argv`` (the console); a list is for calls from Python (tests). ``relaunch_argv``:
     what ``sys.argv`` becomes once the arguments are parsed (the command line DDP re-runs for the other ranks).
+    ``exit_after_error_s``: under DDP, a rank ends itself that many seconds after an exception even if its
+    teardown hangs (:class:`segexpr.callbacks.StopAllRanksOnError`; the console).
     """
     import pytorch_lightning as pl
 
@@ -228,10 +242,15 @@ def lightning_cli(args: Sequence[str] | None = None, run: bool = True, relaunch_
         run=run,
         save_config_kwargs={"overwrite": True},
         relaunch_argv=relaunch_argv,
+        exit_after_error_s=exit_after_error_s,
     )
 
 
-def _run_lightning(argv: list[str]) -> int:
+#: seconds after an exception on a DDP rank (console) after which the rank ends itself even if tearing down hangs
+EXIT_AFTER_ERROR_S = 30.0
+
+
+def _run_lightning(argv: list[str], console: bool = False) -> int:
     """LightningCLI on ``argv`` read as the process's own command line (no args/sys.argv warning).
 
     Only while LightningCLI parses is ``sys.argv`` ``["segexpr", *argv]``; while the command runs it is the
@@ -243,7 +262,7 @@ def _run_lightning(argv: list[str]) -> int:
     saved = sys.argv
     sys.argv = ["segexpr", *argv]
     try:
-        lightning_cli(None, relaunch_argv=saved)
+        lightning_cli(None, relaunch_argv=saved, exit_after_error_s=EXIT_AFTER_ERROR_S if console else None)
     finally:
         sys.argv = saved
     return 0
@@ -270,17 +289,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command in TORCH_COMMANDS and (console or threads is not None) and not ({"-h", "--help"} & set(rest)):
             set_threads(threads, export=console and threads is not None and command in LIGHTNING_COMMANDS)
         if command in LIGHTNING_COMMANDS:
-            return _run_lightning([command, *rest])
+            return _run_lightning([command, *rest], console=console)
         module_name, func_name = EXTRA_COMMANDS[command].split(":")
         return int(getattr(importlib.import_module(module_name), func_name)(rest) or 0)
-    except USER_ERRORS as err:
-        if debug:
+    except BaseException as err:
+        if console and getattr(err, "segexpr_rank", None) is not None:
+            _end_failed_rank(err, command, debug)  # a DDP rank's error (StopAllRanksOnError): report, exit now
+        if debug or not isinstance(err, USER_ERRORS):
             raise
-        message = str(err) or type(err).__name__
-        if isinstance(err, ImportError) and not str(err):
-            message = f"missing package: {err.name}"
-        print(f"segexpr {command}: {message}" if command else f"segexpr: {message}", file=sys.stderr)
+        print(f"segexpr {command}: {_one_line(err)}" if command else f"segexpr: {_one_line(err)}", file=sys.stderr)
         return 2 if isinstance(err, UserError) else 1
+
+
+def _one_line(err: BaseException) -> str:
+    message = str(err) or type(err).__name__
+    if isinstance(err, ImportError) and not str(err):
+        message = f"missing package: {err.name}"
+    return message
+
+
+def _end_failed_rank(err: BaseException, command: str | None, debug: bool) -> None:
+    """Report the exception of a DDP rank once and end the process at once (``os._exit``: a Python shutdown can
+    hang in the process group's destructor or a library's thread while the other ranks wait for this one)."""
+    rank = err.segexpr_rank  # type: ignore[attr-defined]
+    after = getattr(err, "segexpr_after_rank", None)
+    code = 1
+    if isinstance(err, SystemExit):
+        code = err.code if isinstance(err.code, int) else 1
+    elif after is not None:  # a rank this one started failed first: its error is above; one line here
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"segexpr {command}: rank {rank} stopped after rank {after[0]} failed (exit code {after[1]}; its error "
+              f"is above): {type(err).__name__}: {first}", file=sys.stderr)
+    elif isinstance(err, USER_ERRORS) and not debug:
+        print(f"segexpr {command} (rank {rank}): {_one_line(err)}", file=sys.stderr)
+        code = 2 if isinstance(err, UserError) else 1
+    else:
+        sys.excepthook(type(err), err, err.__traceback__)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
