@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from benchmark_scripts import load_benchmark
+from benchmark_scripts import BENCHMARKS, load_benchmark
+
+ROOT = BENCHMARKS.parents[1]
 
 
 def test_flop_count_matches_matmul_and_conv_formulas():
@@ -51,14 +53,45 @@ def test_step_time_tiny_run_reports_both_configs(capsys):
     assert "vs global" in out and "1.00x" in out and "ops/it" in out
 
 
-def test_step_time_main_job_scale_builds_the_main_job_networks():
+def test_step_time_main_job_scale_is_the_main_jobs_yaml():
+    """The ``main`` scale is what examples/configs/synthetic.yaml trains: read here independently and compared
+    whole, so a scale copied into the script (as it once was, timing n_critic 2 while the YAML trained 1) fails."""
+    import yaml
+
     step_time = load_benchmark("step_time")
+    config = yaml.safe_load((ROOT / "examples" / "configs" / "synthetic.yaml").read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    expected = (model["image_size"], data["batch_size"], model["n_critic"], model["adv_loss"],
+                {name: model[name] for name in ("segmenter", "generator", "coder", "discriminator")})
+    assert step_time.SCALES["main"] == expected
+    assert step_time.MAIN_JOB == expected[-1]
+    assert step_time.MAIN_JOB_CONFIG == {"both": "full-both", "manipulate": "full"}[model["task"]]
     size, batch, n_critic, adv_loss, networks = step_time.SCALES["main"]
-    assert (size, batch, n_critic, adv_loss) == (64, 8, 2, "hinge")
-    module = step_time.build("full", size, networks, adv_loss)
-    assert module.generator.crop_size == 16 and module.hparams.generator["base_channels"] == 16
-    assert module.generator.num_regions == 6 and module.hparams.generator["local_channels"] == 8
-    assert module.hparams.segmenter["backbone_width"] == 16 and module.hparams.adv_loss == "hinge"
+    module = step_time.build(step_time.MAIN_JOB_CONFIG, size, networks, adv_loss)
+    assert module.hparams.task == model["task"] and module.hparams.adv_loss == model["adv_loss"]
+    assert module.hparams.region_source == model["region_source"] and module.image_size == model["image_size"]
+    for name in ("generator", "coder", "discriminator"):
+        assert {k: module.hparams[name][k] for k in model[name]} == model[name], name
+    assert {k: module.hparams.segmenter[k] for k in model["segmenter"]} == model["segmenter"]
+
+
+def test_main_job_scale_follows_its_yaml_and_names_what_is_missing(tmp_path):
+    import pytest
+    import yaml
+
+    step_time = load_benchmark("step_time")
+    config = yaml.safe_load(step_time.MAIN_JOB_YAML.read_text())
+    config["model"]["init_args"].update(n_critic=3, task="manipulate", image_size=32)
+    config["model"]["init_args"]["generator"]["crop_size"] = 8
+    config["data"]["init_args"].update(batch_size=2, size=32)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    (size, batch, n_critic, _, networks), name = step_time.main_job_scale(changed)
+    assert (size, batch, n_critic, name, networks["generator"]["crop_size"]) == (32, 2, 3, "full", 8)
+    del config["model"]["init_args"]["coder"]
+    changed.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="'coder'"):
+        step_time.main_job_scale(changed)
 
 
 def test_host_synchronisations_are_counted():

@@ -9,9 +9,12 @@
 
 Two scales (``--scales``):
 
-* ``main``: the README's main job (``examples/configs/synthetic.yaml``): 64 px, batch 8, its CPU widths (BiSeNet
-  16/32/64, generator 16 with 2 residual blocks, six sided regions with 16-px crops and local width 8, critics
-  16), hinge loss, ``n_critic=2``. Until 2026-11-26 the main job had four regions, 24-px crops and local width 16:
+* ``main``: the README's main job, read from ``examples/configs/synthetic.yaml`` when the script starts (not a
+  copy, so it cannot drift): the model's ``image_size``, ``adv_loss``, ``n_critic``, ``task`` and network configs
+  (segmenter, generator, coder, discriminator) and the data's ``batch_size``; at this writing: 64 px, batch 8,
+  BiSeNet 16/32/64, generator 16 with 2 residual blocks, six sided regions with 16-px crops and local width 8,
+  critics 16, hinge loss, ``n_critic=1``, ``task=both`` (so the main job itself is the ``full-both`` row, marked
+  ``*``). Until 2026-11-26 the main job had four regions, 24-px crops and local width 16:
   ``--set generator.local_channels=16 generator.crop_size=24 "generator.regions=[brows,eyes,nose,mouth]"``;
 * ``default``: 128 px, batch 16, every network at its default width, WGAN-GP, ``n_critic=5``.
 
@@ -29,7 +32,8 @@ of a generator step (``n_critic=5``, the default). The script trains through Lig
 manual optimisation, the real ``training_step``) with ``n_critic=2`` so that batches alternate D-only and
 D+G, times them (after ``--warmup`` untimed pairs), and reports
 
-    iteration = t(D) + (t(D+G) - t(D)) / n_critic   (n_critic of the scale: 2 main, 5 default; --n-critic overrides)
+    iteration = t(D) + (t(D+G) - t(D)) / n_critic   (n_critic of the scale: the YAML's for main, 5 default;
+                                                     --n-critic overrides)
 
 together with the model FLOPs of one iteration (``torch.utils.flop_counter``'s formulas, see :class:`FlopCount`:
 forward, backward and the gradient penalty's double backward; convolutions, matmuls, attention) and the achieved GFLOP/s.
@@ -57,6 +61,7 @@ import argparse
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -74,24 +79,51 @@ from segexpr.ops.checks import check_on_device
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
 CONFIGS = ("global", "landmarks", "full", "full-both")
 
-#: The main job's networks (examples/configs/synthetic.yaml): 64 px, batch 8, hinge, n_critic 2.
-MAIN_JOB: dict[str, Any] = {
-    "segmenter": {"name": "bisenet", "backbone_width": 16, "context_channels": 32, "fusion_channels": 64,
-                  "spatial_stride": 4},
-    "generator": {"base_channels": 16, "n_down": 2, "n_res": 2, "local_channels": 8, "local_n_res": 1,
-                  "crop_size": 16, "box_scale": 3.5, "regions": ["l_brow", "r_brow", "l_eye", "r_eye", "nose", "mouth"]},
-    "coder": {"code_dim": 32, "base_channels": 16, "n_down": 3},
-    "discriminator": {"base_channels": 16, "n_layers": 4, "local_channels": 16, "local_n_layers": 2,
-                      "feature_hidden": 32},
-}
-#: scale -> (image size, batch size, n_critic of the iteration, adv_loss, networks or None for default widths)
-SCALES: dict[str, tuple[int, int, int, str, dict[str, Any] | None]] = {
-    "main": (64, 8, 2, "hinge", MAIN_JOB),
-    "default": (128, 16, 5, "wgan-gp", None),
-}
+#: The README's main job: its scale is read from this file, never copied.
+MAIN_JOB_YAML = Path(__file__).resolve().parents[2] / "examples" / "configs" / "synthetic.yaml"
+#: JointModule ``task`` -> the config of :data:`CONFIGS` that trains it (with the segmenter's regions).
+TASK_CONFIGS = {"manipulate": "full", "both": "full-both"}
+
+
+def main_job_scale(path: str | Path = MAIN_JOB_YAML) -> tuple[tuple[int, int, int, str, dict[str, Any]], str]:
+    """The ``main`` scale of a LightningCLI config (the README's ``synthetic.yaml``) and its config name.
+
+    Returns ``((image size, batch size, n_critic, adv_loss, networks), config)``: ``model.init_args``'
+    ``image_size``, ``n_critic``, ``adv_loss`` and ``segmenter``/``generator``/``coder``/``discriminator`` dicts,
+    ``data.init_args.batch_size``; ``config`` is the :data:`CONFIGS` entry that trains the YAML's ``task``. A key
+    the YAML lacks, a data size other than the model's, or a task/region source this script cannot build is an
+    error naming it (the scale would silently be another model).
+    """
+    path = Path(path)
+    config = yaml.safe_load(path.read_text())
+    try:
+        model, data = config["model"]["init_args"], config["data"]["init_args"]
+        size, batch_size = int(model["image_size"]), int(data["batch_size"])
+        n_critic, adv_loss, task = int(model["n_critic"]), str(model["adv_loss"]), str(model["task"])
+        networks = {name: dict(model[name]) for name in NETWORKS}
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{path}: no {error} where the main scale is read (model.init_args image_size, n_critic, "
+                         f"adv_loss, task, {', '.join(NETWORKS)}; data.init_args batch_size)") from None
+    if int(data.get("size", size)) != size:
+        raise ValueError(f"{path}: data size {data['size']} differs from the model's image_size {size}")
+    if task not in TASK_CONFIGS or model.get("region_source", "segmenter") != "segmenter":
+        raise ValueError(f"{path}: task {task!r} with region_source {model.get('region_source')!r} is not one of "
+                         f"this script's configs ({', '.join(f'{v}: task {k}' for k, v in TASK_CONFIGS.items())}, "
+                         "region_source segmenter)")
+    return (size, batch_size, n_critic, adv_loss, networks), TASK_CONFIGS[task]
 
 
 NETWORKS = ("segmenter", "generator", "coder", "discriminator")
+_MAIN, MAIN_JOB_CONFIG = main_job_scale()
+#: The main job's networks (``examples/configs/synthetic.yaml``, read above).
+MAIN_JOB: dict[str, Any] = _MAIN[-1]
+#: scale -> (image size, batch size, n_critic of the iteration, adv_loss, networks or None for default widths);
+#: ``main`` is the README's main job as its YAML trains it (:func:`main_job_scale`).
+SCALES: dict[str, tuple[int, int, int, str, dict[str, Any] | None]] = {
+    "main": _MAIN,
+    "default": (128, 16, 5, "wgan-gp", None),
+}
+
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -362,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
         batch = next(iter(DataLoader(dataset, batch_size=batch_size)))
         print(f"# scale {scale}: {device_name}; batch {batch_size}, {size} px, "
               f"{'main-job' if scale == 'main' else 'default'} widths, {adv_loss}; iteration = D + G/{n_critic}; "
-              f"warm-up {args.warmup}, median of {args.iters}"
+              + (f"the main job ({MAIN_JOB_YAML.name}) is {MAIN_JOB_CONFIG} (*); " if scale == "main" else "")
+              + f"warm-up {args.warmup}, median of {args.iters}"
               + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
               + (f"; compiled: {args.compile} {args.compile_mode or 'default'}" if args.compile else ""))
         header = (f"{'config':<10} {'prec':<5} {'params M':>8} {'D ms':>9} {'G ms':>9} {'iter ms':>9} "
@@ -379,7 +412,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], dict[str, float
                 base = results.get(("global", precision))
                 ratio = f"{r['iter_ms'] / base['iter_ms']:.2f}x" if base else "-"
                 ops_ratio = f"{r['ops_iter'] / base['ops_iter']:.2f}x" if base else "-"
-                line = (f"{config:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
+                name = config + ("*" if scale == "main" and config == MAIN_JOB_CONFIG else "")
+                line = (f"{name:<10} {precision:<5} {r['params_m']:8.2f} {r['d_ms']:9.1f} {r['g_ms']:9.1f} "
                         f"{r['iter_ms']:9.1f} {r['gflop_d']:8.1f} {r['gflop_g']:8.1f} {r['gflop_iter']:9.1f} "
                         f"{r['gflops_per_s']:8.1f} {ratio:>9} {r['ops_iter']:8.0f} {ops_ratio:>9} "
                         f"{r['optimizer_ops_iter']:10.0f} {r['host_syncs_iter']:8.1f}")
