@@ -94,7 +94,8 @@ def all_reduce_gradients(optimizer: torch.optim.Optimizer | Iterable[torch.Tenso
     if world == 1 or not params:
         return sum(p.grad is not None for p in params)
     reference = next((p.grad for p in params if p.grad is not None), params[0])
-    device, dtype = reference.device, torch.float32
+    # at least float32 (bf16/fp16 gradients are summed in float32), never less than the gradients (64-true)
+    device, dtype = reference.device, torch.promote_types(reference.dtype, torch.float32)
     pieces = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
     flags = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=device)
     buffer = torch.cat([piece.to(device) for piece in pieces] + [flags])
