@@ -268,3 +268,215 @@ def _exit_later(seconds: float, rank: int, exception: BaseException) -> None:
     timer = threading.Timer(seconds, stop)
     timer.daemon = True
     timer.start()
+
+
+def process_start_time() -> tuple[float, str]:
+    """When this process started (``time.time()`` seconds) and how that was found: ``"psutil"`` (when installed),
+    ``"/proc/self/stat"`` (Linux: the kernel's start time of the process, 10-ms resolution), else
+    ``"segexpr.callbacks import"`` (the time this module was imported: later than the process start, so the
+    start-up it gives is too short by the interpreter's own start and the imports before this module)."""
+    with contextlib.suppress(Exception):
+        import psutil
+
+        return float(psutil.Process().create_time()), "psutil"
+    with contextlib.suppress(Exception):
+        stat = Path("/proc/self/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": fields 3, 4, ... of proc(5)
+        started_after_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - started_after_boot), "/proc/self/stat"
+    return _IMPORTED_AT, "segexpr.callbacks import"
+
+
+_IMPORTED_AT = time.time()
+
+
+class PhaseTimes(pl.Callback):
+    """Where a fit's wall time goes, by phase: written to ``<run folder>/phase_times.json`` at the end of the fit.
+
+    On global rank zero (other ranks record nothing), one clock runs from ``setup("fit")`` to ``on_fit_end`` and
+    every instant of it is charged to exactly one phase, so the phases add up to the total:
+
+    * ``startup``: process start (:func:`process_start_time`; its source is in the JSON) to ``setup("fit")``:
+      interpreter, imports, config parsing, building the model and data;
+    * ``setup``: ``setup`` to the first training epoch (model to device, summary, ...), sanity check excluded;
+    * ``sanity_check``: the validation batches Lightning runs before training (``num_sanity_val_steps``);
+    * ``warmup_batches``: ``on_train_batch_start`` to ``on_train_batch_end`` of batches before the module's
+      ``max(segmenter_warmup_steps, critic_warmup_steps)`` (read from its attributes or ``hparams``; absent: 0),
+      counted in training batches (:func:`batches_done`, continued on resume);
+    * ``gan_batches``: the same for the other batches;
+    * ``data_wait``: ``on_train_batch_end`` (or an epoch's start) to the next ``on_train_batch_start``: fetching
+      the next batch (plus Lightning's logging between two batches);
+    * ``validation``: the validation loops during training, without the two phases below;
+    * ``result_image``: :meth:`ResultImage.write` (timed by wrapping each ResultImage's ``write`` for this fit):
+      the grids written at each validation's end and at the end of training;
+    * ``checkpoint``: ``trainer.save_checkpoint`` (wrapped for this fit): every checkpoint ModelCheckpoint writes;
+    * ``other``: epoch ends, the end of training and teardown up to ``on_fit_end``.
+
+    Per batch it costs one ``perf_counter`` call per hook and a few additions; it draws no random numbers and
+    changes no tensor, so a fit with it trains the same weights as one without. The JSON is written atomically.
+
+    Args:
+        path: the JSON file; ``None``: ``<trainer.log_dir>/phase_times.json`` (the run folder, as ResultImage's).
+    """
+
+    PHASES = ("startup", "setup", "sanity_check", "warmup_batches", "gan_batches", "data_wait", "validation",
+              "result_image", "checkpoint", "other")
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path) if path is not None else None
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self._active = False
+        self._wrapped: list[tuple[Any, str]] = []
+
+    # ------------------------------------------------------------------ the clock
+    def _switch(self, phase: str) -> str:
+        """Charge the time since the last switch to the current phase, make ``phase`` current; return the old one."""
+        now = time.perf_counter()
+        self.seconds[self._phase] += now - self._mark
+        self._mark, previous, self._phase = now, self._phase, phase
+        return previous
+
+    def _timed(self, phase: str, function: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self._active:
+                return function(*args, **kwargs)
+            previous = self._switch(phase)
+            self.counts[phase] += 1
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._switch(previous)
+        return timed
+
+    def _wrap(self, owner: Any, name: str, phase: str) -> None:
+        """Time ``owner.name`` (a bound method) as ``phase`` for this fit: an instance attribute, removed after."""
+        setattr(owner, name, self._timed(phase, getattr(owner, name)))
+        self._wrapped.append((owner, name))
+
+    def _unwrap(self) -> None:
+        for owner, name in self._wrapped:
+            vars(owner).pop(name, None)
+        self._wrapped = []
+
+    def output_path(self, trainer: pl.Trainer) -> Path:
+        """Where the JSON goes: :attr:`path`, else ``<trainer.log_dir>/phase_times.json``."""
+        if self.path is not None:
+            return self.path
+        return Path(trainer.log_dir or trainer.default_root_dir) / "phase_times.json"
+
+    @staticmethod
+    def warmup_batches(pl_module: pl.LightningModule) -> int:
+        """``max(segmenter_warmup_steps, critic_warmup_steps)`` of the module (attributes, else hparams; else 0)."""
+        hparams = getattr(pl_module, "hparams", {}) or {}
+        values = [getattr(pl_module, key, None) if hasattr(pl_module, key) else hparams.get(key)
+                  for key in ("segmenter_warmup_steps", "critic_warmup_steps")]
+        return max([int(v) for v in values if isinstance(v, (int, float))] or [0])
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or trainer.global_rank != 0:
+            return
+        self._mark = time.perf_counter()
+        self._fit_started = time.time()
+        self._process_started, self._start_source = process_start_time()
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.seconds["startup"] = max(self._fit_started - self._process_started, 0.0)
+        self.counts = {"warmup_batches": 0, "gan_batches": 0, "validation": 0, "sanity_check": 0,
+                       "result_image": 0, "checkpoint": 0}
+        self._phase = "setup"
+        self._warmup = self.warmup_batches(pl_module)
+        self._unwrap()
+        self._wrap(trainer, "save_checkpoint", "checkpoint")
+        for callback in trainer.callbacks:
+            if isinstance(callback, ResultImage):
+                self._wrap(callback, "write", "result_image")
+        self._active = True
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            phase = "sanity_check" if trainer.sanity_checking else "validation"
+            self._before_validation = self._switch(phase)
+            self.counts[phase] += 1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            self._switch(self._before_validation)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            self._switch("data_wait")
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._active:
+            # Lightning counts the batch as ready before this hook: the index of this batch is that count - 1
+            phase = "warmup_batches" if batches_done(trainer) - 1 < self._warmup else "gan_batches"
+            self._switch(phase)
+            self.counts[phase] += 1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._active:
+            self._switch("data_wait")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._active:
+            self._switch("other")
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._active:
+            return
+        self._switch("other")
+        self._fit_ended = time.time()
+        self._active = False
+        self._unwrap()
+        path = self.write(trainer)
+        rank_zero_info(f"segexpr: phase times written to {path}")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._active = False
+        self._unwrap()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._active = False
+            self._unwrap()
+
+    # ------------------------------------------------------------------ the report
+    def report(self) -> dict[str, Any]:
+        """The JSON's content: seconds by phase, their sum, the total (process start to ``on_fit_end`` by the
+        wall clock, measured apart from the phases' ``perf_counter`` clock), counts, per-batch milliseconds."""
+        total = self._fit_ended - self._process_started
+        batches = self.counts["warmup_batches"] + self.counts["gan_batches"]
+
+        def per(phase: str, count: int) -> float | None:
+            return round(1e3 * self.seconds[phase] / count, 3) if count else None
+
+        return {
+            "phases_s": {k: round(v, 4) for k, v in self.seconds.items()},
+            "phases_sum_s": round(sum(self.seconds.values()), 4),
+            "total_s": round(total, 4),
+            "total": "process start to on_fit_end (time.time()); the phases, timed apart, add up to it",
+            "startup_source": self._start_source,
+            "process_started_at": self._process_started,
+            "fit_started_at": self._fit_started,
+            "warmup_batch_limit": self._warmup,
+            "counts": dict(self.counts),
+            "ms_per_batch": {"warmup_batches": per("warmup_batches", self.counts["warmup_batches"]),
+                             "gan_batches": per("gan_batches", self.counts["gan_batches"]),
+                             "data_wait": per("data_wait", batches)},
+        }
+
+    def write(self, trainer: pl.Trainer) -> Path:
+        """Write :meth:`report` to :meth:`output_path` atomically (replacing an earlier one of this path)."""
+        import json
+
+        from segexpr.files import write_text
+
+        return write_text(self.output_path(trainer), json.dumps(self.report(), indent=2) + "\n", overwrite=True)
+
+
+__all__.append("PhaseTimes")
