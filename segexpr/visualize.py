@@ -1,9 +1,14 @@
-"""Colour palette for parsing masks and overlays on images."""
+"""Colour palette for parsing masks and overlays on images, and the confusion-matrix picture."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from segexpr.data.labels import NUM_CLASSES
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: One RGB colour (uint8) per order-A class; background is black.
 PALETTE = torch.tensor([
@@ -90,3 +95,39 @@ def titled_grid(tiles: torch.Tensor, titles: list[str] | tuple[str, ...], paddin
     grid = make_grid(tiles.detach().float().cpu().clamp(-1, 1), nrow=len(titles), padding=padding,
                      normalize=True, value_range=(-1, 1), pad_value=1.0)
     return label_columns(grid, titles, tiles.shape[-1], padding=padding, header=header)
+
+
+def confusion_image(confusion: Sequence[Sequence[int]], names: Sequence[str], title: str = "",
+                    cell: int = 48) -> "Image.Image":
+    """A confusion matrix as a picture: rows are targets, columns the judged class, cells shaded by row share.
+
+    ``confusion[i][j]`` counts items of target ``names[i]`` read as ``names[j]``; each cell shows its count and
+    is shaded by the fraction of its row (the diagonal is per-class accuracy). Returns a PIL RGB image.
+    """
+    from PIL import Image, ImageDraw
+
+    n = len(names)
+    if len(confusion) != n or any(len(row) != n for row in confusion):
+        raise ValueError(f"confusion must be {n} x {n} for {n} names, got {[len(r) for r in confusion]}")
+    margin, top = 80, 44 if title else 24
+    image = Image.new("RGB", (margin + n * cell + 8, top + margin // 2 + n * cell + 24), "white")
+    draw = ImageDraw.Draw(image)
+    if title:
+        draw.text((8, 6), title, fill="black")
+    draw.text((margin, top - 14), "judged as ->", fill="black")
+    for j, name in enumerate(names):
+        draw.text((margin + j * cell + 3, top + 2), name[:8], fill="black")
+    grid_top = top + margin // 2
+    for i, row in enumerate(confusion):
+        total = max(1, sum(row))
+        draw.text((6, grid_top + i * cell + cell // 2 - 6), names[i][:11], fill="black")
+        for j, count in enumerate(row):
+            share = count / total
+            shade = int(255 * (1 - share))
+            colour = (shade, shade, 255) if i == j else (255, shade, shade)
+            box = (margin + j * cell, grid_top + i * cell, margin + (j + 1) * cell - 1, grid_top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=colour, outline=(200, 200, 200))
+            draw.text((box[0] + 6, box[1] + cell // 2 - 6), str(count), fill="black" if share < 0.6 else "white")
+    draw.text((6, grid_top + n * cell + 6), "rows: target expression; blue: correct; red: confusions",
+              fill="black")
+    return image

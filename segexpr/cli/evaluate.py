@@ -1,8 +1,11 @@
 """``segexpr evaluate``: score a JointModule checkpoint, print a markdown table and write JSON.
 
-``segexpr evaluate --ckpt JOINT.ckpt --recognizer RECOG.ckpt [--data synthetic|CONFIG.yaml]`` runs the
-SynthFACS benchmark (:class:`~segexpr.evaluation.SynthFACSEditBenchmark`) or, with a LightningCLI-style data
-config, the real-data subset (:func:`~segexpr.evaluation.evaluate_datamodule`).
+``segexpr evaluate --ckpt JOINT.ckpt [--data synthetic|CONFIG.yaml]`` runs the SynthFACS benchmark
+(:class:`~segexpr.evaluation.SynthFACSEditBenchmark`) or, with a LightningCLI-style data config, the real-data
+subset (:func:`~segexpr.evaluation.evaluate_datamodule`). Edits are judged by the standard judge shipped with
+segexpr (:func:`~segexpr.evaluation.standard_judge`) unless ``--recognizer`` names another; the output gives
+the judge's own accuracy on ground truth, per-expression accuracy, the confusion matrix (``--plot`` draws it)
+and the spread across the judge ensemble's members.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from segexpr.data.labels import NUM_EXPRESSIONS
+from segexpr.data.labels import EXPRESSIONS
 from segexpr.evaluation import (
     BenchmarkResult,
     SynthFACSEditBenchmark,
@@ -25,7 +29,9 @@ from segexpr.evaluation import (
     load_joint,
     load_recognizer,
     markdown_table,
+    standard_judge,
 )
+from segexpr.files import atomic_path, refuse_existing, write_text
 from segexpr.io.checkpoints import CheckpointError
 from segexpr.metrics import assert_independent
 
@@ -55,8 +61,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "leakage. Prints a markdown table and writes JSON."))
     parser.add_argument("--ckpt", type=Path, required=True, help="JointModule checkpoint")
     parser.add_argument("--recognizer", type=Path, default=None,
-                        help="independently trained AUDiscriminatorModule checkpoint (the judge); without it only the "
-                             "recogniser-free metrics are reported")
+                        help="judge edits with this independently trained AUDiscriminatorModule checkpoint instead of "
+                             "the standard judge shipped with segexpr")
+    parser.add_argument("--no-judge", action="store_true",
+                        help="skip the judge: only the recogniser-free metrics are reported")
+    parser.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                        help="also draw the judge's confusion matrix of the label edits to this PNG")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --plot file")
     parser.add_argument("--data", default="synthetic", help="'synthetic' (SynthFACS held-out identities, exact ground "
                         "truth) or a YAML file with a LightningCLI 'data:' section (real data, a subset of metrics)")
     parser.add_argument("--size", type=int, default=None, help="benchmark image size (default: the model's)")
@@ -66,7 +77,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fid-features", default="auto", choices=("auto", "recognizer", "inception", "none"))
     parser.add_argument("--out", type=Path, default=Path("results.json"), help="JSON output path")
     parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.no_judge and args.recognizer is not None:
+        parser.error("--no-judge and --recognizer exclude each other")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        parser.error(f"--plot must name a .png file, got {args.plot}")
+    try:  # before any work: nothing is lost and no time is wasted
+        refuse_existing([p for p in (args.out, args.plot) if p is not None], overwrite=args.overwrite)
+    except FileExistsError as err:
+        parser.error(str(err))
+    return args
 
 
 def _check_data(args: argparse.Namespace) -> None:
@@ -83,7 +103,12 @@ def _load_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module | None]
     """The JointModule and the judge (or ``None``); a judge that is not independent of the GAN is refused."""
     try:
         module = load_joint(args.ckpt, map_location=args.device)
-        recognizer = load_recognizer(args.recognizer, map_location=args.device) if args.recognizer else None
+        if args.no_judge:
+            recognizer = None
+        elif args.recognizer is not None:
+            recognizer = load_recognizer(args.recognizer, map_location=args.device)
+        else:
+            recognizer = standard_judge(map_location=args.device)
     except CheckpointError as err:
         raise SystemExit(f"segexpr evaluate: {err}") from err
     if recognizer is not None:
@@ -120,15 +145,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(result.metrics)
     print(f"## segexpr evaluate: {args.ckpt}\n")
     print(table)
-    print(f"\njudge: {result.judge or 'none'}; FID/KID features: {result.features or 'none'}")
+    judge_name = "none" if recognizer is None else (str(args.recognizer) if args.recognizer else "standard judge")
+    print(f"\njudge: {judge_name} ({result.judge or 'none'}); FID/KID features: {result.features or 'none'}")
+    print(judge_summary(result))
+    if result.confusion is not None:
+        print("\n" + confusion_table(result.confusion))
     for note in result.notes:
         print(f"note: {note}")
-    payload = {"command": command, "checkpoint": str(args.ckpt),
-               "recognizer": str(args.recognizer) if args.recognizer else None, **data, **result.as_dict()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    payload = {"command": command, "checkpoint": str(args.ckpt), "judge": judge_name, **data, **result.as_dict()}
+    write_text(args.out, json.dumps(payload, indent=2, allow_nan=False) + "\n", overwrite=args.overwrite)
     print(f"wrote {args.out}")
+    if args.plot is not None and result.confusion is not None:
+        from segexpr.visualize import confusion_image
+
+        with atomic_path(args.plot, overwrite=args.overwrite) as tmp:
+            confusion_image(result.confusion, EXPRESSIONS, title=f"judged expression of label edits: {args.ckpt.name}"
+                            ).save(tmp, format="PNG")
+        print(f"wrote {args.plot}")
     return 0
+
+
+def judge_summary(result: BenchmarkResult) -> str:
+    """The judge's own ground-truth accuracy and its members' spread on the edits, one line each."""
+    metrics, lines = result.metrics, []
+    if "judge_accuracy_gt" in metrics:
+        lines.append(f"judge accuracy on ground-truth renders: {metrics['judge_accuracy_gt']:.3f} "
+                     "(the ceiling of the edits' expression accuracy)")
+    if result.member_accuracy:
+        values = result.member_accuracy.values()
+        lines.append(f"judge ensemble: {len(result.member_accuracy)} members read the edits at "
+                     f"{min(values):.3f}-{max(values):.3f} (ensemble "
+                     f"{metrics.get('edit_expression_accuracy', float('nan')):.3f})")
+    return "\n".join(lines)
+
+
+def confusion_table(confusion: list[list[int]]) -> str:
+    """Markdown table: one row per target expression, one column per judged expression, then its accuracy."""
+    head = "| target \\ judged | " + " | ".join(EXPRESSIONS) + " | accuracy |"
+    lines = [head, "|" + " --- |" * (len(EXPRESSIONS) + 2)]
+    for name, row in zip(EXPRESSIONS, confusion):
+        total = sum(row)
+        accuracy = f"{row[EXPRESSIONS.index(name)] / total:.2f}" if total else "-"
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + f" | {accuracy} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ the independent judge, and a Lightning callback that logs the benchmark during `
 * :mod:`~segexpr.evaluation.benchmark` -- :class:`SynthFACSEditBenchmark` (held-out SynthFACS identities with
   exact ground-truth edits) and :class:`BenchmarkResult`.
 * :mod:`~segexpr.evaluation.real_data` -- :func:`evaluate_datamodule`, the subset without ground truth.
-* :mod:`~segexpr.evaluation.recognizer` -- :func:`train_recognizer` (the independent judge),
-  :func:`load_recognizer`, :func:`load_joint`.
+* :mod:`~segexpr.evaluation.judge` -- :func:`standard_judge`, the default judge of every judged figure (an
+  ensemble of torchvision classifiers of other families than the GAN critic, shipped with the package), and
+  :func:`train_judge` / :data:`STANDARD_RECIPE` that rebuild it.
+* :mod:`~segexpr.evaluation.recognizer` -- :func:`train_recognizer` (a judge of the critic's family, kept for
+  comparison), :func:`load_recognizer`, :func:`load_joint`.
 * :mod:`~segexpr.evaluation.callback` -- :class:`EditMetricsCallback`.
 * :mod:`~segexpr.evaluation.report` -- :data:`METRIC_DESCRIPTIONS`, :func:`markdown_table`.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 from segexpr.evaluation.benchmark import BenchmarkResult, SynthFACSEditBenchmark
 from segexpr.evaluation.callback import EditMetricsCallback
 from segexpr.evaluation.common import EditFn, TransferFn
+from segexpr.evaluation.judge import JudgeEnsemble, standard_judge, train_judge
 from segexpr.evaluation.real_data import evaluate_datamodule
 from segexpr.evaluation.recognizer import load_joint, load_recognizer, train_recognizer
 from segexpr.evaluation.report import METRIC_DESCRIPTIONS, RECOGNIZER_KEYS, markdown_table
@@ -38,5 +42,5 @@ from segexpr.evaluation.report import METRIC_DESCRIPTIONS, RECOGNIZER_KEYS, mark
 __all__ = [
     "SynthFACSEditBenchmark", "BenchmarkResult", "EditMetricsCallback", "train_recognizer", "load_recognizer",
     "load_joint", "evaluate_datamodule", "markdown_table", "METRIC_DESCRIPTIONS", "RECOGNIZER_KEYS", "EditFn",
-    "TransferFn",
+    "TransferFn", "JudgeEnsemble", "standard_judge", "train_judge",
 ]

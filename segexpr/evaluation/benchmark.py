@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from segexpr.data.labels import NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
+from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
 from segexpr.data.synthetic import SyntheticFaces, changeable_area, render
 from segexpr.data.transforms import to_batch_tensors
 from segexpr.evaluation.common import (
@@ -48,22 +48,47 @@ from segexpr.metrics.distribution import frozen_eval
 
 @dataclass
 class BenchmarkResult:
-    """Metrics (flat ``key -> float``) plus what they were measured with."""
+    """Metrics (flat ``key -> float``) plus what they were measured with.
+
+    ``confusion``: the judge's readings of the label edits, ``[target][judged]`` counts in ``EXPRESSIONS``
+    order (``None`` without a judge); ``member_accuracy``: each ensemble member's expression accuracy on the
+    same edits (empty for a single judge), whose spread says how much the verdict depends on the judge.
+    """
 
     metrics: dict[str, float]
     judge: str | None = None
     features: str | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    confusion: list[list[int]] | None = None
+    member_accuracy: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"metrics": {k: _jsonable(v) for k, v in self.metrics.items()}, "judge": self.judge,
-                "fid_features": self.features, "notes": list(self.notes), "seconds": round(self.seconds, 2)}
+                "fid_features": self.features, "notes": list(self.notes), "seconds": round(self.seconds, 2),
+                "expressions": list(EXPRESSIONS), "confusion": self.confusion,
+                "member_accuracy": dict(self.member_accuracy)}
 
 
 def _jsonable(value: float) -> float | str:
     # JSON has no inf/nan; PSNR is +inf for a perfect match, so keep it readable rather than failing.
     return float(value) if math.isfinite(value) else str(value)
+
+
+def ensemble_members(recognizer: nn.Module | None) -> dict[str, nn.Module]:
+    """``name -> member`` of a judge ensemble (its ``members`` and ``names``); empty for a single judge."""
+    members = getattr(recognizer, "members", None)
+    if recognizer is None or members is None:
+        return {}
+    names = getattr(recognizer, "names", None) or [f"member {i}" for i in range(len(members))]
+    return dict(zip(names, members))
+
+
+def per_expression_accuracy(confusion: Tensor, prefix: str) -> dict[str, float]:
+    """``{prefix + expression: accuracy}`` from a ``[target][judged]`` confusion matrix (rows without targets skipped)."""
+    totals = confusion.sum(1)
+    return {f"{prefix}{name}": float(confusion[i, i] / totals[i])
+            for i, name in enumerate(EXPRESSIONS) if int(totals[i]) > 0}
 
 
 class SynthFACSEditBenchmark:
@@ -182,7 +207,8 @@ class SynthFACSEditBenchmark:
                          "FID/KID are not measured")
         # The groups run in this order on purpose: KID draws its random subsets from the global generator,
         # and the edit/transfer functions may draw from it too, so reordering them would change the numbers.
-        metrics, real, fake = self._edit_metrics(edit, judge, forbid, device)
+        members = {name: judge_for(m, self.size) for name, m in ensemble_members(recognizer).items()}
+        metrics, real, fake, judged = self._edit_metrics(edit, judge, forbid, device, members)
         scores, features = self._distribution_metrics(fid_features, judge, real, fake, notes)
         metrics.update(scores)
         del real, fake  # every edit of every source: the largest tensors held, not needed any more
@@ -193,17 +219,20 @@ class SynthFACSEditBenchmark:
         if segmenter is not None:
             metrics.update(self._parsing_metrics(segmenter, model_size, device))
         return BenchmarkResult(metrics, judge=describe_recognizer(recognizer), features=features, notes=notes,
-                               seconds=time.time() - start)
+                               seconds=time.time() - start, **judged)
 
     # ------------------------------------------------------------------ metric groups
     def _edit_metrics(self, edit: EditFn, judge: nn.Module | None, forbid: Sequence[nn.Module | None],
-                      device: torch.device) -> tuple[dict[str, float], list[Tensor], list[Tensor]]:
+                      device: torch.device, members: dict[str, nn.Module]
+                      ) -> tuple[dict[str, float], list[Tensor], list[Tensor], dict[str, Any]]:
         """Every source edited to every expression: ``edit_*`` (and, with a judge, ``judge_*``/identity) scores.
 
-        Also returns the ground-truth renders and the edits, batch by batch, as FID/KID's real and fake sets.
+        Also returns the ground-truth renders and the edits, batch by batch, as FID/KID's real and fake sets,
+        and the judge's confusion matrix and each ensemble member's accuracy (``BenchmarkResult`` fields).
         """
         edit_gt, uc = GroundTruthMetrics().to(device), UnwantedChange().to(device)
         judges = self._edit_judges(judge, forbid, device) if judge is not None else None
+        member_judges = {name: ExpressionEditMetrics(m, forbid=forbid).to(device) for name, m in members.items()}
         real: list[Tensor] = []
         fake: list[Tensor] = []
         for e in range(NUM_EXPRESSIONS):
@@ -221,16 +250,27 @@ class SynthFACSEditBenchmark:
                     judges["edit"].update(edited, labels, proto)
                     judges["gt"].update(target, labels, proto)
                     judges["identity"].update(images, edited, self.identity[s].to(device))
+                    for member in member_judges.values():
+                        member.update(edited, labels)
         metrics = {f"edit_{k}": float(v) for k, v in edit_gt.compute().items()}
         metrics["edit_unwanted_change"] = float(uc.compute())
+        judged: dict[str, Any] = {}
         if judges is not None:
             metrics.update(self._judged_edit_scores(judges, device))
-        return metrics, real, fake
+            confusion = judges["edit"].compute()["confusion"]
+            metrics.update(per_expression_accuracy(confusion, "edit_accuracy_"))
+            judged["confusion"] = confusion.tolist()
+        if member_judges:
+            judged["member_accuracy"] = {name: float(m.compute()["expression_accuracy"])
+                                         for name, m in member_judges.items()}
+            values = list(judged["member_accuracy"].values())
+            metrics["judge_members_min_accuracy"], metrics["judge_members_max_accuracy"] = min(values), max(values)
+        return metrics, real, fake, judged
 
     def _edit_judges(self, judge: nn.Module, forbid: Sequence[nn.Module | None], device: torch.device
                      ) -> dict[str, Metric]:
         """The judge's metrics of the edit pass: on the edits, the ground truth, the sources, and identity."""
-        return {"edit": ExpressionEditMetrics(judge, forbid=forbid).to(device),
+        return {"edit": ExpressionEditMetrics(judge, forbid=forbid, confusion=True).to(device),
                 "gt": ExpressionEditMetrics(judge).to(device),
                 "source": ExpressionEditMetrics(judge).to(device),
                 "identity": IdentityPreservation(judge, probe_size=self.size).to(device)}

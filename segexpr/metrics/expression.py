@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, Metric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers.abstract import WrapperMetric
 
@@ -127,6 +127,7 @@ class ExpressionEditMetrics(WrapperMetric):
         forbid: module(s) the judge must be independent of -- pass the GAN's discriminator (e.g.
             ``[joint_module.discriminator]``); checked by :func:`assert_independent` at construction.
         num_expressions, num_aus: output sizes of the recogniser (8 and 17 in segexpr).
+        confusion: also keep torchmetrics' :class:`MulticlassConfusionMatrix` of target vs judged expression.
 
     ``update(edited, target_expression, target_aus=None)``:
 
@@ -139,11 +140,13 @@ class ExpressionEditMetrics(WrapperMetric):
     argmax against the target (in ``[0, 1]``, higher is better; chance is the target-class frequency, 1/8
     for balanced targets); ``au_mae`` is :class:`MeanAbsoluteError` between the judge's AUs and the target
     AUs, averaged over all AUs and images (in ``[0, 1]``, lower is better). Both are bounded by the judge's
-    own accuracy on real images: report that alongside.
+    own accuracy on real images: report that alongside. With ``confusion=True`` it also returns ``confusion``,
+    int64 ``[E, E]`` counts (row: target expression, column: the judge's reading).
     """
 
     def __init__(self, recognizer: nn.Module, forbid: Iterable[nn.Module | None] = (),
-                 num_expressions: int = NUM_EXPRESSIONS, num_aus: int = NUM_AUS, **kwargs: Any) -> None:
+                 num_expressions: int = NUM_EXPRESSIONS, num_aus: int = NUM_AUS, confusion: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(forbid, nn.Module):  # a single module (iterating a Sequential would yield its children)
             forbid = [forbid]
@@ -153,6 +156,7 @@ class ExpressionEditMetrics(WrapperMetric):
         self.num_aus = num_aus
         self.accuracy = MulticlassAccuracy(num_classes=num_expressions, average="micro")
         self.au_error = MeanAbsoluteError()
+        self.confusion = MulticlassConfusionMatrix(num_classes=num_expressions) if confusion else None
 
     @property
     def recognizer(self) -> nn.Module:
@@ -186,6 +190,8 @@ class ExpressionEditMetrics(WrapperMetric):
     def update(self, edited: Tensor, target_expression: Tensor, target_aus: Tensor | None = None) -> None:
         logits, target_expression, aus, target_aus = self._judge(edited, target_expression, target_aus)
         self.accuracy.update(logits, target_expression)
+        if self.confusion is not None:
+            self.confusion.update(logits.argmax(1), target_expression)
         if target_aus is not None:
             self.au_error.update(aus, target_aus)
 
@@ -194,6 +200,8 @@ class ExpressionEditMetrics(WrapperMetric):
         """Accumulate a batch and return that batch's values."""
         logits, target_expression, aus, target_aus = self._judge(edited, target_expression, target_aus)
         out = {"expression_accuracy": self.accuracy(logits, target_expression)}
+        if self.confusion is not None:
+            out["confusion"] = self.confusion(logits.argmax(1), target_expression)
         if target_aus is not None:
             out["au_mae"] = self.au_error(aus, target_aus)
         return out
@@ -202,11 +210,15 @@ class ExpressionEditMetrics(WrapperMetric):
         out = {"expression_accuracy": self.accuracy.compute()}
         if int(self.au_error.total) > 0:
             out["au_mae"] = self.au_error.compute()
+        if self.confusion is not None:
+            out["confusion"] = self.confusion.compute()
         return out
 
     def reset(self) -> None:
         self.accuracy.reset()
         self.au_error.reset()
+        if self.confusion is not None:
+            self.confusion.reset()
         super().reset()
 
 

@@ -1,0 +1,184 @@
+"""The standard judge: torchvision families other than the critic's, an ensemble, shipped, used by default."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS
+from segexpr.data.synthetic import SyntheticFaces
+from segexpr.evaluation import SynthFACSEditBenchmark, standard_judge
+from segexpr.evaluation.judge import (
+    STANDARD_JUDGE_DIR,
+    STANDARD_RECIPE,
+    JudgeEnsemble,
+    load_judge_ensemble,
+    render_training_set,
+    save_judge_ensemble,
+    train_judge,
+)
+from segexpr.metrics import assert_independent
+from segexpr.models.discriminators import AUDiscriminator
+from segexpr.models.judges import create_judge, list_judges
+from tiny import tiny_joint_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def renders():
+    return render_training_set(size=32, length=48, seed=0)
+
+
+@pytest.mark.parametrize("family", ["shufflenet_v2_x0_5", "mobilenet_v3_small"])
+def test_judge_follows_the_recogniser_contract(family):
+    torch.manual_seed(0)
+    judge = create_judge(family, image_size=32).eval()
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    logits, aus = judge(images)
+    assert logits.shape == (3, NUM_EXPRESSIONS) and aus.shape == (3, NUM_AUS)
+    assert float(aus.min()) >= 0 and float(aus.max()) <= 1
+    assert judge.features(images).shape == (3, judge.num_features)
+    assert not any(isinstance(m, AUDiscriminator) for m in judge.modules())  # not the critic's family
+
+
+def test_bad_judge_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown judge family 'vgg'"):
+        create_judge("vgg")
+    with pytest.raises(ValueError, match="image_size must be an integer >= 32"):
+        create_judge("shufflenet_v2_x0_5", image_size=16)
+    with pytest.raises(ValueError, match=r"images \[B, 3, H, W\]"):
+        create_judge("resnet18", image_size=32).features(torch.zeros(1, 1, 32, 32))
+    assert set(STANDARD_RECIPE["families"]) <= set(list_judges())
+
+
+def test_training_is_deterministic_and_learns(renders):
+    first = train_judge("shufflenet_v2_x0_5", 3, renders, steps=3, batch_size=8)
+    again = train_judge("shufflenet_v2_x0_5", 3, renders, steps=3, batch_size=8)
+    other = train_judge("shufflenet_v2_x0_5", 4, renders, steps=3, batch_size=8)
+    fresh = create_judge("shufflenet_v2_x0_5", image_size=32)
+    same = [torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values())]
+    assert all(same)
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
+    assert not torch.equal(first.head.weight, fresh.head.weight)
+
+
+def test_ensemble_averages_probabilities_and_aus():
+    torch.manual_seed(0)
+    members = [create_judge("shufflenet_v2_x0_5", image_size=32).eval(),
+               create_judge("mobilenet_v3_small", image_size=32).eval()]
+    ensemble = JudgeEnsemble(members, ["a", "b"]).eval()
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        logits, aus = ensemble(images)
+        outs = [m(images) for m in members]
+    expected = torch.stack([o[0].softmax(1) for o in outs]).mean(0)
+    assert torch.allclose(logits.exp(), expected, atol=1e-6)
+    assert torch.allclose(aus, (outs[0][1] + outs[1][1]) / 2)
+    assert ensemble.features(images).shape == (2, members[0].num_features + members[1].num_features)
+    with pytest.raises(ValueError, match="different sizes"):
+        JudgeEnsemble([members[0], create_judge("resnet18", image_size=64)])
+
+
+def test_save_and_load_round_trip_refuses_overwrite_and_checks_weights(tmp_path):
+    torch.manual_seed(0)
+    judge = create_judge("shufflenet_v2_x0_5", image_size=32).eval()
+    folder = save_judge_ensemble([("shufflenet_v2_x0_5", 0, judge)], tmp_path / "judge").parent
+    loaded = load_judge_ensemble(folder)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded(images)[0].exp(), judge(images)[0].softmax(1), atol=2e-3)  # stored in fp16
+    before = (folder / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError, match="manifest.json"):
+        save_judge_ensemble([("shufflenet_v2_x0_5", 0, judge)], folder)
+    assert (folder / "manifest.json").read_bytes() == before
+    weights = folder / "shufflenet_v2_x0_5_seed0.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(ValueError, match="do not match the checksum"):
+        load_judge_ensemble(folder)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="judge weights missing"):
+        load_judge_ensemble(folder)
+    with pytest.raises(FileNotFoundError, match="no judge manifest"):
+        load_judge_ensemble(tmp_path / "nowhere")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return standard_judge()
+
+
+def test_the_shipped_judge_is_strong_on_held_out_ground_truth(shipped):
+    """>= 0.98 on the 8 prototypes of held-out identities (the benchmark's ground truth), every member too."""
+    benchmark = SynthFACSEditBenchmark(size=shipped.image_size, count=12, seed=1)
+    renders = benchmark.targets.flatten(0, 1)
+    labels = torch.arange(NUM_EXPRESSIONS).repeat(benchmark.count)
+    with torch.no_grad():
+        assert float((shipped(renders)[0].argmax(1) == labels).float().mean()) >= 0.98
+        for member in shipped.members:
+            assert float((member(renders)[0].argmax(1) == labels).float().mean()) >= 0.95
+    families = {m.family for m in shipped.members}
+    assert families == set(STANDARD_RECIPE["families"]) and len(shipped.members) == 6
+
+
+def test_the_shipped_judge_is_independent_of_a_gan(shipped):
+    joint = tiny_joint_module(32, segmenter=False, region_source="none")
+    assert_independent(shipped, joint.discriminator)
+    manifest = json.loads((STANDARD_JUDGE_DIR / "manifest.json").read_text())
+    assert manifest["recipe"]["steps"] == STANDARD_RECIPE["steps"]
+
+
+def _segexpr() -> str:
+    return str(Path(sys.executable).with_name("segexpr"))
+
+
+@pytest.fixture(scope="module")
+def joint_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge_ckpt")
+    torch.manual_seed(2)
+    module = tiny_joint_module(32, segmenter=False, task="both", region_source="none")
+    batches = list(DataLoader(SyntheticFaces(size=32, length=4, seed=0, pairs=True, identities=4), batch_size=4))
+    trainer = pl.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, default_root_dir=root)
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    path = root / "joint.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_evaluate_uses_the_standard_judge_by_default(joint_checkpoint, tmp_path):
+    """The installed command, from a folder of the user's: no judge file, a confusion table, a plot, the spread;
+    an existing --out is refused (and kept) unless --overwrite."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [_segexpr(), "evaluate", "--ckpt", str(joint_checkpoint), "--count", "2", "--fid-features", "none",
+               "--plot", "confusion.png", "--threads", "1"]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "judge: standard judge (JudgeEnsemble" in run.stdout
+    assert "judge accuracy on ground-truth renders:" in run.stdout
+    assert "judge ensemble: 6 members read the edits at" in run.stdout
+    assert "| target \\ judged | neutral |" in run.stdout
+    payload = json.loads((tmp_path / "results.json").read_text())
+    assert payload["judge"] == "standard judge" and len(payload["member_accuracy"]) == 6
+    confusion = torch.tensor(payload["confusion"])
+    assert confusion.shape == (8, 8) and int(confusion.sum()) == 2 * 8 and confusion.sum(1).tolist() == [2] * 8
+    assert {f"edit_accuracy_{e}" for e in ("neutral", "contempt")} <= set(payload["metrics"])
+    assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (tmp_path / "results.json").read_bytes()
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode != 0 and "results.json" in again.stderr and "--overwrite" in again.stderr
+    assert (tmp_path / "results.json").read_bytes() == before
