@@ -64,9 +64,11 @@ def test_generator_loss_reaches_segmenter_only_when_joint(pair_batches, joint):
     batch = pair_batches[0]
     region_kwargs, _ = module._region_inputs(batch["image"], None, with_grad=True)
     out = module.generator(batch["image"], module.coder.from_label(torch.tensor([1, 2, 3, 4])), **region_kwargs)
-    judged = module.discriminator(out.image, out.boxes)
-    loss = adversarial_g_loss("wgan-gp", judged["global"]["adv"]) + sum(
-        adversarial_g_loss("wgan-gp", local["adv"]) for local in judged["local"].values())
+    # training's path: the local critics judge crops at detached boxes, so gradients reach the segmenter only
+    # through the masks that condition the generator
+    local_adv, _ = module.discriminator.local_scores(module.objectives.local_crops(out.image, out.boxes))
+    loss = (adversarial_g_loss("wgan-gp", module.discriminator.global_d(out.image)["adv"])
+            + adversarial_g_loss("wgan-gp", local_adv))
     loss.backward()
     grads = [p.grad for p in module.segmenter.parameters()]
     if joint:
@@ -74,6 +76,31 @@ def test_generator_loss_reaches_segmenter_only_when_joint(pair_batches, joint):
     else:
         assert all(g is None or float(g.abs().sum()) == 0 for g in grads)
         assert not any(p.requires_grad for p in module.segmenter.parameters())
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_training_with_joint_false_leaves_the_segmenter_bit_identical(pair_batches, joint):
+    """Real training batches after the warm-ups (critic warm-up 1 batch; segmenter warm-up 2 batches, which
+    JointModule runs only for a trainable segmenter), with a segmentation loss and n_critic 2 (D-only and G
+    batches): joint=False keeps every segmenter weight and BatchNorm buffer as it was; joint=True (the control)
+    changes both."""
+    module = tiny_module(task="both", joint=joint, n_critic=2, segmenter_warmup_steps=2, critic_warmup_steps=1,
+                         lambda_seg=1.0)
+    module.initialize_segmenter(module.segmenter.state_dict())  # the frozen case needs a parser's weights
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in module.segmenter.modules())
+    before = {k: v.detach().clone() for k, v in module.segmenter.state_dict().items()}
+    generator_before = {k: v.detach().clone() for k, v in module.generator.state_dict().items()}
+    trainer = pl.Trainer(max_epochs=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
+    trainer.fit(module, loader(pair_batches))
+    assert module._train_batches == 8  # 2 batches x 4 epochs: 5 or more GAN batches after the warm-ups
+    after = module.segmenter.state_dict()
+    assert any(not torch.equal(v, generator_before[k]) for k, v in module.generator.state_dict().items())
+    changed = sorted(k for k, v in before.items() if not torch.equal(v, after[k]))
+    if joint:
+        assert any(k.endswith("running_mean") for k in changed) and any(k.endswith(".weight") for k in changed)
+    else:
+        assert changed == [], f"joint=False changed the segmenter's {changed[:5]}"
 
 
 def test_landmark_boxes_follow_the_landmarks(pair_batches):
