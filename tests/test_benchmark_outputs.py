@@ -2,6 +2,7 @@
 writes files has --overwrite (its existing outputs are refused without it; see test_ablation / test_rehearsal)."""
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 from pathlib import Path
@@ -25,18 +26,41 @@ def test_the_benchmarks_are_found():
     assert {"synthfacs_ablation", "real_layout_rehearsal", "step_time"} <= set(SCRIPTS)
 
 
+class _Defaults(Exception):
+    """Raised in place of parsing: carries the parser's defaults (and stops the script before any work)."""
+
+    def __init__(self, values: dict) -> None:
+        super().__init__("defaults")
+        self.values = values
+
+
+def script_defaults(name: str, monkeypatch) -> dict:
+    """``dest -> default`` of the script's command-line options, read from the parser its entry point builds."""
+    module = load_benchmark(name)
+
+    def capture(parser, *args, **kwargs):
+        raise _Defaults({action.dest: action.default for action in parser._actions})
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", capture)
+    with pytest.raises(_Defaults) as caught:
+        (getattr(module, "parse_args", None) or module.main)([])
+    return caught.value.values
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_default_output_is_a_file_the_script_owns(name):
+def test_default_output_is_a_file_the_script_owns(name, monkeypatch):
     source = (BENCHMARKS / f"{name}.py").read_text()
     options = {"--out", "--out-dir"} & set(re.findall(r"add_argument\(\s*\"(--out(?:-dir)?)\"", source))
     if not WRITES.search(source) and not options:
         return  # prints only
     assert options, f"{name}.py writes files without an --out / --out-dir option"
     assert '"--overwrite"' in source, f"{name}.py writes files without an --overwrite option"
-    args = load_benchmark(name).parse_args([])
+    defaults = script_defaults(name, monkeypatch)
     if "--out" in options:
-        # its own page in docs/results/ (relative, or the checkout's)
-        assert Path(args.out).parts[-3:] == ("docs", "results", f"{name}.md"), args.out
-        assert not _tracked(args.out), f"{args.out} is tracked: a page someone may have written by hand"
+        out = Path(defaults["out"])  # its own page in docs/results/ (relative, or the checkout's)
+        assert out.parts[-3:] == ("docs", "results", f"{name}.md"), out
+        assert not _tracked(out), f"{out} is tracked: a page someone may have written by hand"
     if "--out-dir" in options:
-        assert Path(args.out_dir).parts[-2:] == ("docs", "results"), args.out_dir  # files named after the script
+        assert Path(defaults["out_dir"]).parts[-2:] == ("docs", "results"), defaults["out_dir"]  # files named
+        # after the script there
