@@ -16,6 +16,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from segexpr.files import refuse_existing
+from segexpr.io.images import save_image
+
 
 def astronaut_on_canvas(face_size: int = 384, canvas: tuple[int, int] = (640, 480)) -> Image.Image:
     """The astronaut portrait resized to ``face_size`` and pasted on a grey ``canvas`` (width, height)."""
@@ -47,7 +50,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--expression", default="happy", help="target expression (default: happy)")
     parser.add_argument("--out", type=Path, default=Path("docs/photo_edit_before_after.png"))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
+    try:  # before loading anything: an existing picture is only replaced on request
+        refuse_existing([args.out], overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise SystemExit(f"edit_photo_demo.py: {err}") from None
 
     import torch
 
@@ -63,8 +71,8 @@ def main(argv: list[str] | None = None) -> Path:
     with torch.no_grad():
         result = edit_photo(photo, lambda crops: editor.edit(crops.to(editor.device), expression=args.expression).cpu(),
                             size=editor.image_size, face_mask_fn=mask_fn)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    before_after(photo, result.image, ("photo", f"segexpr edit --expression {args.expression}")).save(args.out)
+    picture = before_after(photo, result.image, ("photo", f"segexpr edit --expression {args.expression}"))
+    save_image(picture, args.out, overwrite=args.overwrite)  # atomic
     print(args.out)
     return args.out
 

@@ -26,6 +26,7 @@ import torchvision
 from pytorch_lightning.loggers import CSVLogger
 
 from segexpr.data.synthetic import SyntheticFacesDataModule
+from segexpr.files import atomic_path, refuse_existing
 from segexpr.modules.joint import JointModule
 from segexpr.modules.samples import sample_grid, sample_grid_columns
 from segexpr.modules.segmenter import SegmenterModule
@@ -46,11 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace samples.png and joint.ckpt in --out")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    grid_path, checkpoint = args.out / "samples.png", args.out / "joint.ckpt"
+    try:  # before any training: an earlier run's results are only replaced on request
+        refuse_existing([grid_path, checkpoint], overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise SystemExit(f"train_joint_synthetic.py: {err}") from None
     torch.set_num_threads(args.threads)
     pl.seed_everything(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -91,14 +98,15 @@ def main(argv: list[str] | None = None) -> Path:
     data.setup("validate")
     batch = next(iter(data.val_dataloader()))
     grid = sample_grid(module, batch, num_samples=4)
-    grid_path = args.out / "samples.png"
-    torchvision.utils.save_image(grid, grid_path)
-    trainer.save_checkpoint(args.out / "joint.ckpt")
+    with atomic_path(grid_path, overwrite=args.overwrite) as tmp:
+        torchvision.utils.save_image(grid, tmp)
+    with atomic_path(checkpoint, overwrite=args.overwrite) as tmp:
+        trainer.save_checkpoint(tmp)
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
     print(f"trained {module._train_batches} batches ({trainer.global_step} optimiser steps) in {elapsed / 60:.1f} min")
     print("columns:", " | ".join(sample_grid_columns(module, batch)))
     print("last metrics:", metrics)
-    print(f"wrote {grid_path} and {args.out / 'joint.ckpt'}")
+    print(f"wrote {grid_path} and {checkpoint}")
     return grid_path
 
 

@@ -72,3 +72,35 @@ def test_a_failed_staged_folder_leaves_nothing(tmp_path):
             (staging / "half.txt").write_text("x")
             raise RuntimeError("crash")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_gallery_example_refuses_an_existing_picture(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "synthfacs_gallery.py"
+    spec = importlib.util.spec_from_file_location("synthfacs_gallery", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "gallery.png"
+    out.write_bytes(b"someone's picture")
+    args = ["--out", str(out), "--size", "32", "--identities", "1"]
+    with pytest.raises(SystemExit, match="gallery.png.*--overwrite"):
+        script.main(args)
+    assert out.read_bytes() == b"someone's picture"
+    script.main([*args, "--overwrite"])
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_training_example_refuses_an_earlier_runs_results_before_training(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_joint_synthetic.py"
+    spec = importlib.util.spec_from_file_location("train_joint_synthetic", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "joint.ckpt").write_bytes(b"an earlier run")
+    with pytest.raises(SystemExit, match="joint.ckpt.*--overwrite"):
+        script.main(["--out", str(tmp_path), "--minutes", "0.01"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["joint.ckpt"]  # nothing trained, nothing written

@@ -122,3 +122,7 @@ def test_readme_before_after_script(ckpt, tmp_path):
     assert picture.size == (2 * 640 + 8, 480 + 22)
     halves = np.asarray(picture)[22:]
     assert not np.array_equal(halves[:, :640], halves[:, 648:])  # the edit changed the face
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="before_after.png.*--overwrite"):  # an existing picture stays
+        script.main(["--ckpt", str(ckpt), "--out", str(out)])
+    assert out.read_bytes() == before
