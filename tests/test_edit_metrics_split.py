@@ -35,10 +35,6 @@ def test_split_of_names_the_identity_ranges():
     assert [split_of(SPLIT_IDENTITY_OFFSET[s] + 5) for s in ("train", "val", "test")] == ["train", "val", "test"]
 
 
-@pytest.mark.xfail(strict=True, reason="SynthFACSEditBenchmark (segexpr/evaluation/benchmark.py) hard-codes "
-                   "split='test' and EditMetricsCallback passes no split; the fix lives in segexpr/evaluation/, "
-                   "which is outside this change (issue #27). strict: passing this test fails the suite, so the "
-                   "mark goes with the fix")
 def test_validation_metrics_are_judged_on_the_validation_split(tmp_path):
     assert _splits_judged("validate", tmp_path) == {"val"}
 

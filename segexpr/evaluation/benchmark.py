@@ -100,6 +100,8 @@ class SynthFACSEditBenchmark:
         seed: seed of the source expressions and the transfer pairing (``SyntheticFaces(split="test")``).
         batch_size: images per forward pass.
         kid_subset_size: KID subset size (default ``min(100, count * 8)``).
+        split: SynthFACS split of the identities: ``"test"`` (reported figures) or ``"val"`` (what training
+            monitors, so that selecting a checkpoint never looks at the test identities).
 
     Attributes (tensors on the CPU): ``images`` ``[N, 3, S, S]``, ``identity``/``expression`` ``[N]``,
     ``landmarks`` ``[N, 68, 2]``, ``changeable`` bool ``[N, S, S]`` (``changeable_area``), ``targets``
@@ -112,14 +114,16 @@ class SynthFACSEditBenchmark:
     """
 
     def __init__(self, size: int = 64, count: int = 32, seed: int = 0, batch_size: int = 32,
-                 kid_subset_size: int | None = None) -> None:
+                 kid_subset_size: int | None = None, split: str = "test") -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 2:
             raise ValueError(f"count must be an integer >= 2 (sources, each a held-out identity), got {count!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test' (held-out identities), got {split!r}")
         self.size, self.count, self.seed, self.batch_size = int(size), count, seed, batch_size
-        self.kid_subset_size = kid_subset_size
-        dataset = SyntheticFaces(size=size, length=count, seed=seed, split="test", identities=count, pairs=True)
+        self.kid_subset_size, self.split = kid_subset_size, split
+        dataset = SyntheticFaces(size=size, length=count, seed=seed, split=split, identities=count, pairs=True)
         items = [dataset[i] for i in range(count)]
 
         def stack(key: str) -> Tensor:

@@ -22,6 +22,8 @@ class EditMetricsCallback(pl.Callback):
     ``pl_module.log_dict({"val/synthfacs/edit_psnr": ..., ...})`` from ``on_validation_epoch_end`` (and
     ``test/...`` from ``on_test_epoch_end``), so the values reach every logger, ``trainer.callback_metrics``
     and the dicts returned by ``trainer.validate``/``trainer.test``; checkpoint callbacks can monitor them.
+    Validation judges faces of the SynthFACS ``val`` identities and test those of ``test``, so a checkpoint
+    selected on ``val/...`` was never selected on the test set.
 
     Args:
         recognizer: the independent judge (an :class:`AUDiscriminatorModule`), or
@@ -47,7 +49,8 @@ class EditMetricsCallback(pl.Callback):
         self.recognizer_ckpt = Path(recognizer_ckpt) if recognizer_ckpt is not None else None
         self.size, self.count, self.seed, self.every_n_epochs = size, count, seed, every_n_epochs
         self.fid_features, self.batch_size, self.prefix = fid_features, batch_size, prefix
-        self._benchmark: SynthFACSEditBenchmark | None = None
+        self._benchmark: SynthFACSEditBenchmark | None = None  # the last one used (val or test split)
+        self._benchmarks: dict[tuple[str, int], SynthFACSEditBenchmark] = {}
         self._warned = False
         self.last_result: BenchmarkResult | None = None
 
@@ -63,9 +66,11 @@ class EditMetricsCallback(pl.Callback):
 
     def _run(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         size = int(self.size or getattr(pl_module, "image_size", 64))
-        if self._benchmark is None or self._benchmark.size != size:
-            self._benchmark = SynthFACSEditBenchmark(size=size, count=self.count, seed=self.seed,
-                                                     batch_size=self.batch_size)
+        split = "val" if stage == "val" else "test"
+        if (split, size) not in self._benchmarks:
+            self._benchmarks[split, size] = SynthFACSEditBenchmark(size=size, count=self.count, seed=self.seed,
+                                                                   batch_size=self.batch_size, split=split)
+        self._benchmark = self._benchmarks[split, size]
         fid = self.fid_features if self.recognizer is not None or self.fid_features != "recognizer" else "none"
         result = self._benchmark.evaluate(pl_module, self.recognizer, fid_features=fid, device=pl_module.device)
         self.last_result = result
