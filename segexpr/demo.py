@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from segexpr.data.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, ALL_REGION_GROUPS,
+from segexpr.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, ALL_REGION_GROUPS,
                                  expression_prototype)
 
 # Before any ``import gradio``: no usage analytics / version check requests from this process.
@@ -219,7 +219,7 @@ def _edit(editor: Any, image: Any, edit_fn: Callable[[torch.Tensor], torch.Tenso
 
 # ------------------------------------------------------------------------------------------------ callbacks
 def edit_with_expression(editor: Any, image: Any, expression: str, detect_faces: bool = True) -> DemoOutput:
-    """Give every face of ``image`` one of the 8 :data:`~segexpr.data.labels.EXPRESSIONS`."""
+    """Give every face of ``image`` one of the 8 :data:`~segexpr.labels.EXPRESSIONS`."""
     if expression not in EXPRESSIONS:
         raise ValueError(f"unknown expression {expression!r}; expected one of {EXPRESSIONS}")
     return _edit(editor, image, lambda crops: editor.edit(crops, expression=expression), detect_faces,

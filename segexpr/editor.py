@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexpr.data.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
+from segexpr.labels import EXPRESSIONS, NUM_AUS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
 from segexpr.ops.regions import box_masks, region_inputs, soft_regions
 
 __all__ = ["FACE_CLASSES", "MIN_IMAGE_SIZE", "ExpressionEditor", "as_expression_labels", "check_aus", "check_images"]
@@ -234,7 +234,7 @@ class ExpressionEditor:
         Args:
             images: float ``[B, 3, H, W]`` in ``[-1, 1]``, any size (processed at ``image_size``; the change is
                 upsampled onto the original, so unedited detail is kept).
-            expression: an index in ``[0, 8)``, a name from :data:`segexpr.data.labels.EXPRESSIONS`, or an int64
+            expression: an index in ``[0, 8)``, a name from :data:`segexpr.labels.EXPRESSIONS`, or an int64
                 tensor ``[B]``. Exactly one of ``expression`` / ``aus``.
             aus: float ``[B, 17]`` or ``[17]`` AU intensities (trained range ``[0, 1]``).
             landmarks: float ``[B, 68, 2]`` pixel coordinates of ``images``; required for
@@ -309,7 +309,7 @@ class ExpressionEditor:
         """
         if self.segmenter is None:
             return None
-        from segexpr.data.labels import CLASS_INDEX
+        from segexpr.labels import CLASS_INDEX
 
         check_images(images)
         height, width = images.shape[-2:]

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from segexpr.data.labels import NUM_CLASSES
+from segexpr.labels import NUM_CLASSES
 
 if TYPE_CHECKING:
     from PIL import Image

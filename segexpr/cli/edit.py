@@ -28,7 +28,7 @@ PHOTO_HINT = ("face detection needs dlib: pip install 'segexpr[photo]', or pass 
 
 def parse_aus(text: str) -> torch.Tensor:
     """``"AU12=1,AU6=0.8"`` -> float ``[17]`` AU vector in ``[0, 1]`` (unnamed AUs are 0; a repeated AU is an error)."""
-    from segexpr.data.labels import AU_INDEX, NUM_AUS
+    from segexpr.labels import AU_INDEX, NUM_AUS
 
     aus = torch.zeros(NUM_AUS)
     seen: set[str] = set()
@@ -223,7 +223,7 @@ def _run_jobs(jobs: list[_Job], editor: ExpressionEditor, edit_fns: dict[str, Ca
 @torch.no_grad()
 def edit_main(argv: Sequence[str] | None = None) -> int:
     """Set the expression of the faces in photos by label or AU vector."""
-    from segexpr.data.labels import EXPRESSIONS
+    from segexpr.labels import EXPRESSIONS
 
     parser = _parser("segexpr edit", "Set the expression of the faces in photos by label or AU vector.\n\n"
                      "Each face is detected, aligned, edited at the model's size and pasted back; --no-align edits "

@@ -10,7 +10,7 @@
 Columns ``subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,
 arousal`` (header row optional; with a header, columns are matched by name). ``facial_landmarks`` is 136
 ``;``-separated floats ``x0;y0;x1;y1;...`` in full-image pixels. Codes 0-7 are the expressions of
-:data:`~segexpr.data.labels.EXPRESSIONS`; codes 8 (None), 9 (Uncertain), 10 (Non-Face) are dropped (their
+:data:`~segexpr.labels.EXPRESSIONS`; codes 8 (None), 9 (Uncertain), 10 (Non-Face) are dropped (their
 count is logged), and 7 (Contempt) too with ``classes=7``.
 
 **8-class ``.npy`` release**::
@@ -48,7 +48,7 @@ import torch
 from PIL import Image
 
 from .base import EpochSampler, FaceDataModule, IndexedFaceDataset
-from .labels import AFFECTNET_CODES, NUM_EXPRESSIONS
+from segexpr.labels import AFFECTNET_CODES, NUM_EXPRESSIONS
 from .transforms import build_transforms
 from .validation import (
     DatasetValidationError,

@@ -1,7 +1,7 @@
 """Action-unit annotations for real images: OpenFace 2 CSVs and GANimation's ``aus_openface.pkl``.
 
 segexpr's AU vector is float32 ``[17]`` in ``[0, 1]``: the 17 OpenFace intensity columns of
-:data:`~segexpr.data.labels.OPENFACE_AU_COLUMNS` (``AU01_r`` ... ``AU26_r``, ``AU45_r``) divided by 5.
+:data:`~segexpr.labels.OPENFACE_AU_COLUMNS` (``AU01_r`` ... ``AU26_r``, ``AU45_r``) divided by 5.
 AU28 exists only as a presence column (``AU28_c``) and is not used.
 
 * :func:`read_openface_csv` reads one OpenFace CSV (``FeatureExtraction`` for videos, ``FaceLandmarkImg`` for
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .labels import NUM_AUS, OPENFACE_AU_COLUMNS
+from segexpr.labels import NUM_AUS, OPENFACE_AU_COLUMNS
 from .validation import DatasetValidationError, Problem, ProblemCollector
 
 #: OpenFace intensities are 0-5; segexpr stores intensity / AU_SCALE.

@@ -9,7 +9,7 @@ Expected tree (the release as unpacked)::
       CelebAMask-HQ-attribute-anno.txt                        (not used)
 
 * **Masks.** The 18 part files are binarised with ``convert('L') > 127`` (they are often RGB) and painted in
-  :data:`~segexpr.data.labels.CELEBAMASK_HQ_PARTS` order (later parts win) into a 19-class order-A map. A
+  :data:`~segexpr.labels.CELEBAMASK_HQ_PARTS` order (later parts win) into a 19-class order-A map. A
   missing part file means the part is absent; an image without any part file is an error.
 * **Cache.** Merging 18 PNGs per image is slow, so each merged mask is written once (on first use, by whichever
   DataLoader worker needs it) as an 8-bit PNG under ``cache_dir`` (default ``$SEGEXPR_CACHE/celebamask_hq/<hash
@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from .base import FaceDataModule, IndexedFaceDataset
-from .labels import A_TO_B, B_TO_A, CELEBAMASK_HQ_PARTS, NUM_CLASSES
+from segexpr.labels import A_TO_B, B_TO_A, CELEBAMASK_HQ_PARTS, NUM_CLASSES
 from .transforms import build_transforms
 from .validation import (
     CorruptImageError,

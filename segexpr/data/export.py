@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 
 from ..files import staged_folder
-from .labels import (
+from segexpr.labels import (
     CELEBAMASK_HQ_PARTS,
     CLASS_INDEX,
     EXPRESSIONS,

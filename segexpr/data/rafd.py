@@ -18,7 +18,7 @@ otherwise the subjects are unknown and the split is **per folder**: ``train/`` -
 whoever made the folders.
 
 **Samples.** ``image`` float32 ``[3, S, S]`` in ``[-1, 1]``; ``expression`` int64 in
-:data:`~segexpr.data.labels.EXPRESSIONS` order (angry->anger, contemptuous->contempt, disgusted->disgust,
+:data:`~segexpr.labels.EXPRESSIONS` order (angry->anger, contemptuous->contempt, disgusted->disgust,
 fearful->fear, happy, neutral, sad, surprised->surprise); ``identity`` int64 (the subject id; -1 when unknown).
 
 **Crop.** RaFD photos are 681x1024 portraits; ``crop="center"`` (default) takes the centred square of side
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .base import FaceDataModule, IndexedFaceDataset
-from .labels import EXPRESSIONS
+from segexpr.labels import EXPRESSIONS
 from .transforms import build_transforms
 from .validation import (
     DatasetValidationError,
@@ -76,7 +76,7 @@ class RafdName:
 
     @property
     def label(self) -> int:
-        """Expression index in :data:`~segexpr.data.labels.EXPRESSIONS` order."""
+        """Expression index in :data:`~segexpr.labels.EXPRESSIONS` order."""
         return EXPRESSIONS.index(RAFD_EXPRESSIONS[self.expression])
 
 

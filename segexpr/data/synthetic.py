@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segexpr.data.base import FaceDataModule
-from segexpr.data.labels import (AU_INDEX, CLASS_INDEX, NUM_AUS, NUM_EXPRESSIONS,
+from segexpr.labels import (AU_INDEX, CLASS_INDEX, NUM_AUS, NUM_EXPRESSIONS,
                                  expression_prototype)
 from segexpr.data.transforms import FaceTransform, build_transforms, derive_seed, to_batch_tensors
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import torch
 
-from segexpr.data.labels import FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
+from segexpr.labels import FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
 
 __all__ = ["FaceHorizontalFlip", "FaceTransform", "build_transforms", "derive_seed", "to_batch_tensors"]
 

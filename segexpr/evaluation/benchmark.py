@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
+from segexpr.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
 from segexpr.data.synthetic import SyntheticFaces, changeable_area, render
 from segexpr.data.transforms import to_batch_tensors
 from segexpr.evaluation.common import (

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segexpr.data.labels import NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
+from segexpr.labels import NUM_CLASSES, NUM_EXPRESSIONS, expression_prototype
 from segexpr.evaluation.benchmark import BenchmarkResult
 from segexpr.evaluation.common import distribution_metrics, feature_extractor, resize, small_set_note
 from segexpr.evaluation.recognizer import describe_recognizer, judge_for

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from segexpr.data.labels import NUM_EXPRESSIONS, expression_prototype
+from segexpr.labels import NUM_EXPRESSIONS, expression_prototype
 from segexpr.ops.checks import check_on_device
 
 __all__ = ["AU_DONORS", "batch_keys", "DRAW_DONOR", "DRAW_GP", "DRAW_LABEL", "DRAW_USE_LABEL", "expression_prototypes",

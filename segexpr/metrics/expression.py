@@ -24,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.wrappers.abstract import WrapperMetric
 
-from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS
+from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS
 from segexpr.metrics.distribution import frozen_eval
 from segexpr.metrics.image import RANGE_TOLERANCE, check_images
 

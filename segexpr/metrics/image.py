@@ -18,7 +18,7 @@ from torch import Tensor
 from torchmetrics import MeanAbsoluteError, Metric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from segexpr.data.labels import REGION_GROUPS
+from segexpr.labels import REGION_GROUPS
 from segexpr.ops.regions import hard_regions
 
 __all__ = ["GroundTruthMetrics", "UnwantedChange", "expression_area", "check_images", "check_image_pair"]

@@ -14,7 +14,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from segexpr.data.labels import CELEBAMASK_HQ_CLASSES
+from segexpr.labels import CELEBAMASK_HQ_CLASSES
 
 __all__ = ["ParsingMetrics", "parsing_scores"]
 

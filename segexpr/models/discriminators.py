@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS, REGION_AUS, REGION_NAMES
+from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS, REGION_AUS, REGION_NAMES
 from segexpr.models.generators.batched import can_stack, stacked_call
 from segexpr.ops.regions import crop
 

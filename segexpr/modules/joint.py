@@ -28,7 +28,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from segexpr.data.labels import ALL_REGION_GROUPS
+from segexpr.labels import ALL_REGION_GROUPS
 from segexpr.editor import ExpressionEditor
 from segexpr.gan.objectives import GANObjectives, LossWeights, image_code_loss
 from segexpr.gan.stepping import (broadcast_buffers, check_finite, disable_reducer, distributed_world_size, gan_optimizers,

@@ -8,7 +8,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
-from segexpr.data.labels import NUM_CLASSES, NUM_EXPRESSIONS
+from segexpr.labels import NUM_CLASSES, NUM_EXPRESSIONS
 from segexpr.metrics.parsing import ParsingMetrics
 
 __all__ = ["EvaluationDiagnostics"]

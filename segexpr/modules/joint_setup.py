@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 from torch import nn
 
-from segexpr.data.labels import ALL_REGION_GROUPS
+from segexpr.labels import ALL_REGION_GROUPS
 from segexpr.models.factory import build_network
 
 #: ``torch.compile`` modes JointModule accepts (``"reduce-overhead"`` replays CUDA graphs)

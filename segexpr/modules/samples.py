@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torchvision
 
-from segexpr.data.labels import EXPRESSIONS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
+from segexpr.labels import EXPRESSIONS, NUM_EXPRESSIONS, ALL_REGION_GROUPS
 from segexpr.visualize import overlay
 
 __all__ = ["log_image_grid", "sample_grid", "sample_grid_columns"]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from pytorch_lightning.utilities import rank_zero_warn
 
-from segexpr.data.labels import CELEBAMASK_HQ_CLASSES
+from segexpr.labels import CELEBAMASK_HQ_CLASSES
 from segexpr.losses.segmentation import dice_loss, ohem_cross_entropy
 from segexpr.metrics.parsing import ParsingMetrics
 from segexpr.models.segmenters import Segmenter, create_segmenter, list_segmenters

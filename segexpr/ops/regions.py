@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from segexpr.data.labels import NUM_CLASSES, REGION_GROUPS, REGION_LANDMARKS, REGION_NAMES
+from segexpr.labels import NUM_CLASSES, REGION_GROUPS, REGION_LANDMARKS, REGION_NAMES
 
 #: Canonical ``(cx, cy, w, h)`` of each region on an aligned, centred face (normalised coordinates), used as
 #: the fallback box when a region's mask is (nearly) empty. Rough positions of SynthFACS / aligned

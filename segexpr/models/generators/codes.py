@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS, expression_prototype
+from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS, expression_prototype
 from segexpr.ops.checks import check_on_device
 
 
@@ -24,7 +24,7 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 class ExpressionCoder(nn.Module):
     """Map an expression label, an AU vector or a reference image into one code space.
 
-    Label codes go through the label's **FACS prototype AU vector** (``segexpr.data.labels.
+    Label codes go through the label's **FACS prototype AU vector** (``segexpr.labels.
     EXPRESSION_PROTOTYPES``) and the same AU MLP as :meth:`from_aus`, plus a learned per-label offset that
     starts at zero. So ``from_label(happy)`` starts out equal to ``from_aus(prototype(happy))``: the three
     kinds of target share one space from the first step, and the offset lets training move a label's code

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from segexpr.data.labels import REGION_NAMES
+from segexpr.labels import REGION_NAMES
 from segexpr.models.generators.batched import can_stack, stacked_call
 from segexpr.models.generators.global_generator import GlobalGenerator
 from segexpr.models.generators.local import LocalGenerator

@@ -7,7 +7,7 @@ torch.Size([2, 19, 37, 53])
 
 All segmenters take float ``[B, 3, H, W]`` images in ``[-1, 1]`` and return logits ``[B, C, H, W]`` at the
 input size; ``forward(x, return_aux=True)`` returns a :class:`SegmenterOutput` with auxiliary logits too.
-Class indices follow :data:`segexpr.data.labels.CELEBAMASK_HQ_CLASSES` (order A) for 19 classes.
+Class indices follow :data:`segexpr.labels.CELEBAMASK_HQ_CLASSES` (order A) for 19 classes.
 ``create_segmenter("bisenet", variant="face_parsing")`` builds :class:`FaceParsingBiSeNet`, which loads
 face-parsing.PyTorch checkpoints (``79999_iter.pth``) with :func:`load_face_parsing_checkpoint`.
 """

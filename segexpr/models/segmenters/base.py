@@ -5,7 +5,7 @@ Every segmenter maps an image batch to per-pixel class logits at the input resol
     logits = segmenter(images)                 # [B, 3, H, W] in [-1, 1]  ->  [B, C, H, W]
     out = segmenter(images, return_aux=True)   # SegmenterOutput(logits, aux=(aux_1, ...))
 
-Classes follow :data:`segexpr.data.labels.CELEBAMASK_HQ_CLASSES` (order A) when ``num_classes == 19``.
+Classes follow :data:`segexpr.labels.CELEBAMASK_HQ_CLASSES` (order A) when ``num_classes == 19``.
 """
 from __future__ import annotations
 
