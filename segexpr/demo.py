@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from segexpr.io.images import images_to_uint8, uint8_to_images
 from segexpr.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, ALL_REGION_GROUPS,
                                  expression_prototype)
 
@@ -65,16 +66,14 @@ class DemoOutput(NamedTuple):
 # ------------------------------------------------------------------------------------------ image conversions
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL image -> float ``[1, 3, H, W]`` in ``[-1, 1]`` (converted to RGB)."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
+    return uint8_to_images(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).unsqueeze(0))
 
 
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     """Float ``[3, H, W]`` or ``[1, 3, H, W]`` in ``[-1, 1]`` -> RGB PIL image."""
     if image.dim() == 4:
         image = image[0]
-    array = image.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array, "RGB")
+    return Image.fromarray(images_to_uint8(image.cpu()).permute(1, 2, 0).numpy(), "RGB")
 
 
 def _as_pil(image: Any) -> Image.Image | None:

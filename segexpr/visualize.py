@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from segexpr.labels import NUM_CLASSES
+from segexpr.ops.pixels import uint8_to_images
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -25,8 +26,7 @@ def colorize(mask: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"colorize expects an integer class map, got dtype {mask.dtype}")
     if mask.numel() and (int(mask.min()) < 0 or int(mask.max()) >= NUM_CLASSES):
         raise ValueError(f"mask values must be in [0, {NUM_CLASSES - 1}], got [{int(mask.min())}, {int(mask.max())}]")
-    rgb = PALETTE.to(mask.device)[mask].movedim(-1, -3).float()
-    return rgb / 127.5 - 1.0
+    return uint8_to_images(PALETTE.to(mask.device)[mask].movedim(-1, -3))
 
 
 def overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

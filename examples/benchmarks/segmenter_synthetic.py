@@ -23,7 +23,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segexpr.data.labels import FLIP_CLASS_PERMUTATION
+from segexpr.io.images import images_to_uint8, uint8_to_images
+from segexpr.labels import FLIP_CLASS_PERMUTATION
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.modules.segmenter import SegmenterModule
 
@@ -58,7 +59,7 @@ class InMemory(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        image = self.images[i].float() / 127.5 - 1.0
+        image = uint8_to_images(self.images[i])
         mask = self.masks[i].long()
         if self.flip and bool(torch.rand((), generator=self.generator) < 0.5):
             image, mask = image.flip(-1), self.perm[mask.flip(-1)]
@@ -71,7 +72,7 @@ def render(split: str, length: int, size: int, seed: int) -> tuple[torch.Tensor,
     masks = torch.empty(length, size, size, dtype=torch.uint8)
     for i in range(length):
         item = ds[i]
-        images[i] = ((item["image"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        images[i] = images_to_uint8(item["image"])
         masks[i] = item["mask"].to(torch.uint8)
     return images, masks
 

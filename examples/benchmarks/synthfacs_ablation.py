@@ -82,10 +82,11 @@ import torchvision
 from torch.utils.data import DataLoader, Dataset
 
 from segexpr.cli import torch_threads
-from segexpr.data.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS
+from segexpr.labels import EXPRESSIONS, NUM_CLASSES, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import ALIGNED_IMAGE_KEYS
 from segexpr.files import atomic_path, refuse_existing, write_text
+from segexpr.io.images import images_to_uint8, uint8_to_images
 from segexpr.evaluation import SynthFACSEditBenchmark, load_recognizer, train_recognizer
 from segexpr.metrics.distribution import frozen_eval
 from segexpr.models.landmarks import (
@@ -152,7 +153,7 @@ COLUMNS = [
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images float in ``[-1, 1]`` -> uint8 ``[0, 255]``: exact for renders, which are uint8 originally."""
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return images_to_uint8(images)
 
 
 class CachedFaces(Dataset):
@@ -202,7 +203,7 @@ class CachedFaces(Dataset):
 
     def float_images(self, start: int, stop: int) -> torch.Tensor:
         """Training images ``start:stop`` as float ``[n, 3, S, S]`` in ``[-1, 1]`` (what ``__getitem__`` gives)."""
-        return self.data["image"][start:stop].float() / 127.5 - 1.0
+        return uint8_to_images(self.data["image"][start:stop])
 
     def __len__(self) -> int:
         return self.length
@@ -212,7 +213,7 @@ class CachedFaces(Dataset):
         for key, value in self.data.items():
             if not self.pairs and (key.startswith("reference_") or key in self.PAIR_KEYS):
                 continue
-            item[key] = value[index].float() / 127.5 - 1.0 if key in self.IMAGE_KEYS else value[index]
+            item[key] = uint8_to_images(value[index]) if key in self.IMAGE_KEYS else value[index]
         return item
 
 

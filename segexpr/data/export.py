@@ -54,6 +54,7 @@ from segexpr.labels import (
     OPENFACE_AU_COLUMNS,
     expression_prototype,
 )
+from segexpr.ops.pixels import images_to_uint8
 
 FORMATS = ("celebamask-hq", "affectnet", "affectnet-npy", "rafd", "ganimation")
 AU_FORMATS = ("none", "openface", "ganimation")
@@ -80,7 +81,7 @@ def _as_numpy_image(image: Any) -> np.ndarray:
     if image.dtype != np.uint8:
         if image.ndim == 3 and image.shape[0] == 3:
             image = image.transpose(1, 2, 0)
-        image = np.clip((image.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        image = images_to_uint8(torch.from_numpy(image.astype(np.float32))).numpy()
     return image
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from segexpr.labels import FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
+from segexpr.ops.pixels import uint8_to_images
 
 __all__ = ["FaceHorizontalFlip", "FaceTransform", "build_transforms", "derive_seed", "to_batch_tensors"]
 
@@ -99,7 +100,7 @@ def _to_tensor(value: Any) -> Any:
 
 def _image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 [H, W, 3] -> float32 [3, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+    return uint8_to_images(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
 
 
 def to_batch_tensors(sample: Mapping[str, Any]) -> dict[str, Any]:

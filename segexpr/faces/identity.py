@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from segexpr.ops.pixels import images_to_uint8
+
 from .detect import hog_detector, import_dlib, model_path, shape_predictor
 
 WORK_SIZE = 256
@@ -57,7 +59,7 @@ def _to_uint8_hwc(images: np.ndarray | torch.Tensor) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a tensor [N, 3, H, W], got shape {tuple(images.shape)}")
         if x.dtype != torch.uint8:
-            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            x = images_to_uint8(x)
         return x.permute(0, 2, 3, 1).contiguous().numpy()
     x = np.asarray(images)
     x = x[None] if x.ndim == 3 else x

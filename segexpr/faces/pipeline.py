@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from segexpr.ops.pixels import uint8_to_images
+
 from .align import alignment_matrix, warp_to_crop, warp_to_photo_window
 from .detect import DEFAULT_MAX_DETECT_SIDE, DEFAULT_MIN_SCORE, DetectedFace, detect_faces
 
@@ -100,8 +102,7 @@ def _requantise(edited: Image.Image, original: Image.Image, unchanged: np.ndarra
 # ----------------------------------------------------------------------------------------------- tensors
 def _to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
     """uint8 crops [size, size, 3] -> float [N, 3, size, size] in [-1, 1]."""
-    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
+    return uint8_to_images(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
 
 
 def _run_edit(edit_fn: Callable[[torch.Tensor], torch.Tensor], crops: torch.Tensor) -> torch.Tensor:

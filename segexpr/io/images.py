@@ -10,9 +10,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from segexpr.files import atomic_path, refuse_existing
+from segexpr.ops.pixels import images_to_uint8, uint8_to_images  # the one pair, re-exported here
 
 __all__ = ["IMAGE_SUFFIXES", "FORMATS", "image_inputs", "images_to_uint8", "list_images", "open_image", "read_image",
-           "save_image", "write_image"]
+           "save_image", "uint8_to_images", "write_image"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 #: ``--format`` choices -> (PIL format name, file suffix).
@@ -100,15 +101,10 @@ def read_image(path: str | Path) -> torch.Tensor:
     """Read an image file as float ``[3, H, W]`` in ``[-1, 1]`` (RGB); unreadable files name themselves."""
     try:
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"), dtype=np.float32)
+            array = np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Float images in ``[-1, 1]`` (any shape, channels first) -> uint8 in ``[0, 255]``, rounded, same shape."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return uint8_to_images(torch.from_numpy(array).permute(2, 0, 1))
 
 
 def write_image(image: torch.Tensor, path: str | Path) -> Path:
