@@ -139,7 +139,7 @@ def tiny_judge():
     from segexpr.models.judges import create_judge
 
     torch.manual_seed(0)
-    return JudgeEnsemble([create_judge("shufflenet_v2_x0_5", image_size=SIZE)]).eval()
+    return JudgeEnsemble([create_judge("vgg_bn_small", image_size=SIZE)]).eval()
 
 
 def test_main_job_runs_the_command_times_it_judges_it_and_writes_json_and_markdown(tmp_path, monkeypatch):

@@ -44,7 +44,7 @@ def renders():
     return render_training_set(size=32, length=48, seed=0)
 
 
-@pytest.mark.parametrize("family", ["shufflenet_v2_x0_5", "mobilenet_v3_small"])
+@pytest.mark.parametrize("family", ["resnet18_3stage", "vgg_bn_small"])
 def test_judge_follows_the_recogniser_contract(family):
     torch.manual_seed(0)
     judge = create_judge(family, image_size=32).eval()
@@ -60,17 +60,17 @@ def test_bad_judge_arguments_are_named():
     with pytest.raises(ValueError, match="unknown judge family 'vgg'"):
         create_judge("vgg")
     with pytest.raises(ValueError, match="image_size must be an integer >= 32"):
-        create_judge("shufflenet_v2_x0_5", image_size=16)
+        create_judge("vgg_bn_small", image_size=16)
     with pytest.raises(ValueError, match=r"images \[B, 3, H, W\]"):
-        create_judge("resnet18", image_size=32).features(torch.zeros(1, 1, 32, 32))
+        create_judge("resnet18_3stage", image_size=32).features(torch.zeros(1, 1, 32, 32))
     assert set(STANDARD_RECIPE["families"]) <= set(list_judges())
 
 
 def test_training_is_deterministic_and_learns(renders):
-    first = train_judge("shufflenet_v2_x0_5", 3, renders, steps=3, batch_size=8)
-    again = train_judge("shufflenet_v2_x0_5", 3, renders, steps=3, batch_size=8)
-    other = train_judge("shufflenet_v2_x0_5", 4, renders, steps=3, batch_size=8)
-    fresh = create_judge("shufflenet_v2_x0_5", image_size=32)
+    first = train_judge("vgg_bn_small", 3, renders, steps=3, batch_size=8)
+    again = train_judge("vgg_bn_small", 3, renders, steps=3, batch_size=8)
+    other = train_judge("vgg_bn_small", 4, renders, steps=3, batch_size=8)
+    fresh = create_judge("vgg_bn_small", image_size=32)
     same = [torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values())]
     assert all(same)
     assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
@@ -79,8 +79,8 @@ def test_training_is_deterministic_and_learns(renders):
 
 def test_ensemble_averages_probabilities_and_aus():
     torch.manual_seed(0)
-    members = [create_judge("shufflenet_v2_x0_5", image_size=32).eval(),
-               create_judge("mobilenet_v3_small", image_size=32).eval()]
+    members = [create_judge("resnet18_3stage", image_size=32).eval(),
+               create_judge("vgg_bn_small", image_size=32).eval()]
     ensemble = JudgeEnsemble(members, ["a", "b"]).eval()
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
@@ -91,22 +91,22 @@ def test_ensemble_averages_probabilities_and_aus():
     assert torch.allclose(aus, (outs[0][1] + outs[1][1]) / 2)
     assert ensemble.features(images).shape == (2, members[0].num_features + members[1].num_features)
     with pytest.raises(ValueError, match="different sizes"):
-        JudgeEnsemble([members[0], create_judge("resnet18", image_size=64)])
+        JudgeEnsemble([members[0], create_judge("vgg_bn_small", image_size=64)])
 
 
 def test_save_and_load_round_trip_refuses_overwrite_and_checks_weights(tmp_path):
     torch.manual_seed(0)
-    judge = create_judge("shufflenet_v2_x0_5", image_size=32).eval()
-    folder = save_judge_ensemble([("shufflenet_v2_x0_5", 0, judge)], tmp_path / "judge").parent
+    judge = create_judge("vgg_bn_small", image_size=32).eval()
+    folder = save_judge_ensemble([("vgg_bn_small", 0, judge)], tmp_path / "judge").parent
     loaded = load_judge_ensemble(folder)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(loaded(images)[0].exp(), judge(images)[0].softmax(1), atol=2e-3)  # stored in fp16
     before = (folder / "manifest.json").read_bytes()
     with pytest.raises(FileExistsError, match="manifest.json"):
-        save_judge_ensemble([("shufflenet_v2_x0_5", 0, judge)], folder)
+        save_judge_ensemble([("vgg_bn_small", 0, judge)], folder)
     assert (folder / "manifest.json").read_bytes() == before
-    weights = folder / "shufflenet_v2_x0_5_seed0.pt"
+    weights = folder / "vgg_bn_small_seed0.pt"
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(ValueError, match="do not match the checksum"):
         load_judge_ensemble(folder)

@@ -4,8 +4,8 @@ Why: a judge of the GAN critic's family (an :class:`~segexpr.modules.AUDiscrimin
 by what that family responds to rather than by the expression, and its verdict moved by 0.1 with its training
 run and by 0.45 across families. The standard judge is built so that it cannot have been trained against:
 
-* families other than the critic's (:data:`segexpr.models.judges.JUDGE_FAMILIES`: ShuffleNetV2-x0.5 and
-  MobileNetV3-small, trained from scratch), three seeds each, averaged (probabilities and AUs);
+* families other than the critic's (:data:`segexpr.models.judges.JUDGE_FAMILIES`: a three-stage ResNet-18 and
+  a small VGG with batch norm, trained from scratch), three seeds each, averaged (probabilities and AUs);
 * trained on SynthFACS ``train`` identities only, under augmentation of the kinds GAN output differs by
   (blur and downscaling, noise, colour shifts, small misalignment: :func:`judge_augmentation`), so that it
   reads expressions rather than textures;
@@ -46,11 +46,11 @@ STANDARD_JUDGE_DIR = Path(__file__).parent / "standard_judge"
 #: How the shipped judge was made (``examples/benchmarks/standard_judge.py`` reads this).
 STANDARD_RECIPE: dict[str, Any] = {
     "image_size": 64,
-    "families": ("shufflenet_v2_x0_5", "mobilenet_v3_small"),
+    "families": ("resnet18_3stage", "vgg_bn_small"),
     "seeds": (0, 1, 2),
     "training_renders": 8000,   # SynthFACS train split, 800 identities, rendered once (render seed 0)
     "render_seed": 0,
-    "steps": 1500,
+    "steps": 800,
     "batch_size": 32,
     "lr": 3e-3,
 }

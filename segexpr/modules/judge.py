@@ -32,7 +32,7 @@ class JudgeModule(pl.LightningModule):
     float ``[B, 17]`` in ``[0, 1]``.
     """
 
-    def __init__(self, family: str = "shufflenet_v2_x0_5", image_size: int = 64, max_steps: int = 1500,
+    def __init__(self, family: str = "resnet18_3stage", image_size: int = 64, max_steps: int = 1500,
                  lr: float = 3e-3, weight_decay: float = 1e-4, label_smoothing: float = 0.1,
                  au_weight: float = 1.0) -> None:
         super().__init__()
