@@ -2,10 +2,12 @@
 DataModule, reload the checkpoint, judge on held-out identities, write the table."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmark_scripts import load_benchmark
 
@@ -25,7 +27,31 @@ def test_rehearsal_tiny_end_to_end(tmp_path):
     text = out.read_text()
     assert "python examples/benchmarks/real_layout_rehearsal.py --tiny" in text
     assert "| affectnet_celebamask_hq | both | 2 |" in text and "| no edit (source returned) |" in text
-    assert "(the targets are for 3000 batches; this run trained 2)" in text
+    assert "(the targets are for affectnet_celebamask_hq: 3000, celebamask_hq: 1500 batches; this run trained 2)" in text
+    assert "affectnet_celebamask_hq: judged expression accuracy" in text and "target 90% of the main job's" in text
+    assert "celebamask_hq: transfer AU error" in text
+    records = json.loads(out.with_suffix(".json").read_text())["configs"]
+    assert [r["config"] for r in records] == ["affectnet_celebamask_hq", "celebamask_hq"]
+    fields = {"config", "batches", "expression_accuracy", "main_job_expression_accuracy", "au_error",
+              "transfer_au_error", "no_edit_expression_accuracy", "no_edit_au_error", "no_edit_transfer_au_error",
+              "parsing_miou_start", "parsing_miou_end", "seconds"}
+    assert all(set(r) == fields for r in records)
+    assert records[0]["expression_accuracy"] == result["rows"]["affectnet_celebamask_hq"]["metrics"][
+        "edit_expression_accuracy"]
+
+
+def test_rehearsal_widths_are_the_main_jobs_and_the_recipe_the_configs():
+    rehearsal = load_benchmark("real_layout_rehearsal")
+    main = yaml.safe_load(rehearsal.MAIN_JOB.read_text())["model"]["init_args"]
+    for config in rehearsal.RECIPES:
+        own = yaml.safe_load((rehearsal.CONFIGS / f"{config}.yaml").read_text())["model"]["init_args"]
+        widths = rehearsal.main_job_widths(rehearsal.CONFIGS / f"{config}.yaml")
+        assert widths["generator"]["base_channels"] == main["generator"]["base_channels"]
+        assert widths["generator"]["crop_size"] == main["generator"]["crop_size"]
+        assert widths["discriminator"]["base_channels"] == main["discriminator"]["base_channels"]
+        for key in ("regions", "box_scale"):
+            if key in own["generator"]:
+                assert widths["generator"][key] == own["generator"][key], (config, key)
 
 
 def test_rehearsal_never_replaces_existing_outputs_without_overwrite(tmp_path):
