@@ -59,18 +59,12 @@ def main(argv: list[str] | None = None) -> Path:
 
     import torch
 
-    from segexpr.editor import ExpressionEditor
-    from segexpr.faces.pipeline import edit_photo
+    from segexpr.inference.photo import crop_edit, edit_photo_faces, load_photo_editor
 
-    editor = ExpressionEditor.from_checkpoint(args.ckpt, device=args.device)
+    editor = load_photo_editor(args.ckpt, device=args.device)
     photo = astronaut_on_canvas()
-    mask_fn = None
-    if editor.segmenter is not None:
-        def mask_fn(crops: torch.Tensor) -> torch.Tensor:
-            return editor.face_mask(crops.to(editor.device)).cpu()
-    with torch.no_grad():
-        result = edit_photo(photo, lambda crops: editor.edit(crops.to(editor.device), expression=args.expression).cpu(),
-                            size=editor.image_size, face_mask_fn=mask_fn)
+    with torch.no_grad():  # the photo path segexpr edit and the demo use
+        result = edit_photo_faces(editor, photo, crop_edit(editor, expression=args.expression))
     picture = before_after(photo, result.image, ("photo", f"segexpr edit --expression {args.expression}"))
     save_image(picture, args.out, overwrite=args.overwrite)  # atomic
     print(args.out)

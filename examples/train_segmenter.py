@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
-from segexpr.export import to_onnx
+from segexpr.inference import to_onnx
 from segexpr.modules.segmenter import SegmenterModule
 
 WIDTHS = {  # CPU-sized defaults for SynthFACS; pass --full-width for the standard sizes

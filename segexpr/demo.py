@@ -4,14 +4,18 @@ Upload a photo (or render a SynthFACS face), then click one of the 8 expressions
 give a reference photo whose expression is copied. The page shows the result beside the original, the
 detected faces drawn as boxes and the parsing regions the generator used, coloured over the face.
 
-With ``photo_editing=True`` and :mod:`segexpr.faces.pipeline` importable (it needs the optional dlib
-packages), a "detect faces" checkbox (on by default) detects, aligns, edits and pastes back every face of the
-photo; otherwise the whole upload is treated as one aligned face (resized to the model's input, edited,
-resized back). A missing face or missing dlib shows a message on the page instead of failing.
+Photos are edited exactly as ``segexpr edit`` edits them, through the one photo path
+(:func:`segexpr.inference.photo.edit_photo_faces`): with ``photo_editing=True`` and face detection available (it
+needs the optional dlib packages), a "detect faces" checkbox (on by default) detects, aligns, edits and pastes
+back every face of the photo through the segmenter's face mask; otherwise the whole upload is treated as one
+aligned face (resized to the model's input and edited). Either way only the model's change is added to the
+uploaded photo, at the photo's own resolution. A missing face or missing dlib shows a message on the page
+instead of failing. The parsing overlay shows the soft region masks the generator used (``editor.regions``).
 
-The editor is any object with the :class:`segexpr.editor.ExpressionEditor` interface: ``image_size``,
+The editor is any object with the :class:`segexpr.inference.editor.ExpressionEditor` interface: ``image_size``,
 ``region_names``, ``edit(images, expression=None, aus=None)``, ``transfer(images, references)`` and
-``regions(images)`` (float ``[B, 3, H, W]`` images in ``[-1, 1]``). The callbacks below are plain functions of
+``regions(images)`` (float ``[B, 3, H, W]`` images in ``[-1, 1]``), and -- for the face-mask paste -- ``segmenter``,
+``device`` and ``face_mask(images)``. The callbacks below are plain functions of
 ``(editor, inputs...)`` returning :class:`DemoOutput`, so they are testable without a browser; gradio is
 imported only by :func:`build_demo`. The server binds to 127.0.0.1 by default and never creates a share link;
 gradio analytics are switched off before gradio is imported.
@@ -27,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from segexpr.io.images import images_to_uint8, uint8_to_images
+from segexpr.inference.photo import crop_edit, edit_photo_faces
+from segexpr.io.images import images_to_uint8
 from segexpr.labels import (AU_DESCRIPTIONS, AU_NAMES, EXPRESSIONS, NUM_AUS, ALL_REGION_GROUPS,
                                  expression_prototype)
 
@@ -64,11 +69,6 @@ class DemoOutput(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------ image conversions
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image -> float ``[1, 3, H, W]`` in ``[-1, 1]`` (converted to RGB)."""
-    return uint8_to_images(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).unsqueeze(0))
-
-
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     """Float ``[3, H, W]`` or ``[1, 3, H, W]`` in ``[-1, 1]`` -> RGB PIL image."""
     if image.dim() == 4:
@@ -80,13 +80,6 @@ def _as_pil(image: Any) -> Image.Image | None:
     if image is None or isinstance(image, Image.Image):
         return image
     return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
-
-def _resize(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    hw = (size, size) if isinstance(size, int) else size
-    if tuple(images.shape[-2:]) == tuple(hw):
-        return images
-    return F.interpolate(images, size=hw, mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -170,37 +163,30 @@ class _NoFace(Exception):
 
 def _run(editor: Any, image: Image.Image, edit_fn: Callable[[torch.Tensor], torch.Tensor],
          detect_faces: bool) -> tuple[Image.Image, torch.Tensor, Image.Image, str]:
-    """Edit ``image`` with ``edit_fn`` (aligned crops ``[N, 3, S, S]`` -> edited crops).
+    """Edit ``image`` with ``edit_fn`` (aligned crops ``[N, 3, S, S]`` -> edited crops) through the one photo path
+    that ``segexpr edit`` uses (:func:`segexpr.inference.photo.edit_photo_faces`).
 
-    Detects, aligns and pastes back every face when ``detect_faces`` and the face pipeline is available,
-    otherwise treats the whole image as one aligned face. Returns the edited image (size of ``image``), the
-    crops the editor saw, ``image`` with the detected faces drawn, and a note for the message line.
-    Raises :class:`_NoFace` when detection finds nothing.
+    Detects, aligns and pastes back every face through the segmenter's face mask when ``detect_faces`` and face
+    detection is available, otherwise edits the whole image as one aligned face; either way only the change is
+    added to the photo at its own resolution. Returns the edited image (size of ``image``), the crops the editor
+    saw, ``image`` with the detected faces drawn, and a note for the message line. Raises :class:`_NoFace` when
+    detection finds nothing.
     """
-    size = int(editor.image_size)
     pipeline = _load_pipeline() if detect_faces else None
     note = _NO_DLIB if detect_faces and pipeline is None else ""
     if pipeline is not None:
-        seen: list[torch.Tensor] = []
-
-        def recording(crops: torch.Tensor) -> torch.Tensor:
-            seen.append(crops)
-            return edit_fn(crops)
         try:
-            found = pipeline.edit_photo(image, recording, size=size)
+            found = edit_photo_faces(editor, image, edit_fn, align=True, pipeline=pipeline)
         except pipeline.NoFaceFound as error:
             raise _NoFace(str(error)) from error
-        except ImportError:               # the pipeline may import dlib lazily
+        except ImportError:               # the pipeline imports dlib when it detects
             note = _NO_DLIB
         else:
             count = len(found.faces)
-            crops = found.crops if found.crops is not None else torch.cat(seen)
-            return (found.image, crops, draw_faces(image, found.faces),
+            return (found.image, found.crops, draw_faces(image, found.faces),
                     f"{count} face{'s' * (count != 1)} detected and edited.")
-    crops = _resize(pil_to_tensor(image), size)
-    edited = edit_fn(crops)
-    result = tensor_to_pil(_resize(edited.detach().float().cpu(), (image.height, image.width)))
-    return result, crops, image.convert("RGB"), note or "Edited the whole image as one aligned face."
+    found = edit_photo_faces(editor, image, edit_fn, align=False)
+    return found.image, found.crops, image.convert("RGB"), note or "Edited the whole image as one aligned face."
 
 
 def _edit(editor: Any, image: Any, edit_fn: Callable[[torch.Tensor], torch.Tensor], detect_faces: bool,
@@ -221,8 +207,7 @@ def edit_with_expression(editor: Any, image: Any, expression: str, detect_faces:
     """Give every face of ``image`` one of the 8 :data:`~segexpr.labels.EXPRESSIONS`."""
     if expression not in EXPRESSIONS:
         raise ValueError(f"unknown expression {expression!r}; expected one of {EXPRESSIONS}")
-    return _edit(editor, image, lambda crops: editor.edit(crops, expression=expression), detect_faces,
-                 f"Expression: **{expression}**")
+    return _edit(editor, image, crop_edit(editor, expression=expression), detect_faces, f"Expression: **{expression}**")
 
 
 def edit_with_aus(editor: Any, image: Any, aus: Sequence[float], detect_faces: bool = True) -> DemoOutput:
@@ -231,8 +216,7 @@ def edit_with_aus(editor: Any, image: Any, aus: Sequence[float], detect_faces: b
     if vector.shape != (NUM_AUS,):
         raise ValueError(f"expected {NUM_AUS} AU intensities, got shape {tuple(vector.shape)}")
     active = ", ".join(f"{n} {float(v):.2f}" for n, v in zip(AU_NAMES, vector) if v > 0) or "none"
-    return _edit(editor, image, lambda crops: editor.edit(crops, aus=vector), detect_faces,
-                 f"Action units: {active}")
+    return _edit(editor, image, crop_edit(editor, aus=vector), detect_faces, f"Action units: {active}")
 
 
 def transfer_from_reference(editor: Any, image: Any, reference: Any, detect_faces: bool = True) -> DemoOutput:
@@ -247,10 +231,7 @@ def transfer_from_reference(editor: Any, image: Any, reference: Any, detect_face
             ref_crop = _run(editor, reference, lambda crops: crops, detect_faces)[1][:1]
     except _NoFace:
         return DemoOutput(None, None, None, _NO_REFERENCE_FACE)
-
-    def copy(crops: torch.Tensor) -> torch.Tensor:
-        return editor.transfer(crops, ref_crop.to(crops).expand(crops.shape[0], -1, -1, -1))
-    return _edit(editor, image, copy, detect_faces, "Copied the reference's expression")
+    return _edit(editor, image, crop_edit(editor, reference=ref_crop), detect_faces, "Copied the reference's expression")
 
 
 # --------------------------------------------------------------------------------------------------- the UI
@@ -336,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="never detect faces: edit every upload as one aligned face")
     args = parser.parse_args(argv)
 
-    from segexpr.editor import ExpressionEditor
+    from segexpr.inference.photo import load_photo_editor
 
-    editor = ExpressionEditor.from_checkpoint(args.ckpt, device=args.device)
+    editor = load_photo_editor(args.ckpt, device=args.device)
     demo = build_demo(editor, photo_editing=not args.no_detect)
     demo.launch(server_name=args.host, server_port=args.port, share=False)
     return 0

@@ -192,10 +192,11 @@ def test_main_loads_editor_and_launches(monkeypatch):
     calls = {}
 
     class Editor(FakeEditor):
-        @classmethod
-        def from_checkpoint(cls, path, device="cpu"):
-            calls["ckpt"] = (path, device)
-            return cls()
+        pass
+
+    def load_photo_editor(path, device="cpu"):  # the loader segexpr edit uses
+        calls["ckpt"] = (path, device)
+        return Editor()
 
     class Launched:
         def launch(self, **kwargs):
@@ -206,7 +207,7 @@ def test_main_loads_editor_and_launches(monkeypatch):
         calls["photo_editing"] = photo_editing
         return Launched()
 
-    monkeypatch.setitem(sys.modules, "segexpr.editor", types.SimpleNamespace(ExpressionEditor=Editor))
+    monkeypatch.setattr("segexpr.inference.photo.load_photo_editor", load_photo_editor)
     monkeypatch.setattr(demo_module, "build_demo", build_demo)
     assert demo_module.main(["--ckpt", "m.ckpt", "--port", "7999", "--no-detect"]) == 0
     assert calls["ckpt"] == ("m.ckpt", "cpu") and calls["photo_editing"] is False

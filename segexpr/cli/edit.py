@@ -1,8 +1,8 @@
 """``segexpr edit`` and ``segexpr transfer``: photos in, edited photos out, from a checkpoint.
 
-By default every face of a photo is detected, aligned, edited at the model's size and pasted back
-(:func:`segexpr.faces.edit_photo`, needs ``pip install 'segexpr[photo]'``); ``--no-align`` edits each whole image
-as one already aligned face crop. The checkpoint is opened and checked first, then the images are read, edited
+By default every face of a photo is detected, aligned, edited at the model's size and pasted back through the
+segmenter's face mask (:func:`segexpr.inference.photo.edit_photo_faces`, the path the demo shares; needs
+``pip install 'segexpr[photo]'``); ``--no-align`` edits each whole image as one already aligned face crop. The checkpoint is opened and checked first, then the images are read, edited
 and written one at a time. Outputs mirror the inputs' relative paths under ``--out``, keep the input's format
 (or ``--format``), mode (grey stays grey, RGBA keeps its alpha) and size, are written atomically, and never
 replace an existing file without ``--overwrite``.
@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import torch
 
 from segexpr.cli import UserError
-from segexpr.editor import MIN_IMAGE_SIZE, ExpressionEditor
-from segexpr.io.checkpoints import CheckpointError
+from segexpr.inference.editor import MIN_IMAGE_SIZE, ExpressionEditor
+from segexpr.inference.photo import crop_edit, edit_photo_faces, load_photo_editor, reference_crop
 from segexpr.io.images import FORMATS, image_inputs, open_image, save_image
 
 PHOTO_HINT = ("face detection needs dlib: pip install 'segexpr[photo]', or pass --no-align when the images are "
@@ -65,15 +65,6 @@ def check_device(device: str) -> str:
     if parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise UserError(f"--device {device} requested but torch.backends.mps.is_available() is False")
     return device
-
-
-def _load_editor(ckpt: str | Path, device: str) -> ExpressionEditor:
-    editor = ExpressionEditor.from_checkpoint(ckpt, device=device)
-    if editor.region_source == "landmarks":
-        raise CheckpointError(f"{ckpt} was trained with region_source='landmarks'; editing photos from the command "
-                              "line needs a segmenter or region_source='none' model (use the Python API with "
-                              "landmarks=...)")
-    return editor
 
 
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +150,7 @@ def _editor_for(args: argparse.Namespace) -> ExpressionEditor:
         raise UserError(f"--min-face-size must be >= 1, got {args.min_face_size}")
     check_device(args.device)
     _check_photo_support(args.align)
-    return _load_editor(args.ckpt, args.device)  # the checkpoint is opened and checked before any image
+    return load_photo_editor(args.ckpt, args.device)  # the checkpoint is opened and checked before any image
 
 
 def _open_photo(path: Path):
@@ -171,20 +162,9 @@ def _open_photo(path: Path):
 
 def _edit_file(editor: ExpressionEditor, image, edit_fn: Callable[[torch.Tensor], torch.Tensor],
                args: argparse.Namespace):
-    """One photo through the face pipeline (``--no-align``: the whole image as one face) -> edited PIL image."""
-    from segexpr.faces.pipeline import edit_photo
-
-    device = editor.device
-
-    def run(crops: torch.Tensor) -> torch.Tensor:
-        return edit_fn(crops.to(device)).cpu()
-
-    mask_fn = None
-    if args.align and editor.segmenter is not None:
-        def mask_fn(crops: torch.Tensor) -> torch.Tensor:
-            return editor.face_mask(crops.to(device)).cpu()
-    return edit_photo(image, run, size=editor.image_size, face_mask_fn=mask_fn, align=args.align,
-                      max_faces=args.max_faces, min_face_size=args.min_face_size).image
+    """One photo through the one photo path (``--no-align``: the whole image as one face) -> edited PIL image."""
+    return edit_photo_faces(editor, image, edit_fn, align=args.align, max_faces=args.max_faces,
+                            min_face_size=args.min_face_size).image
 
 
 def _run_jobs(jobs: list[_Job], editor: ExpressionEditor, edit_fns: dict[str, Callable], args: argparse.Namespace,
@@ -240,19 +220,15 @@ def edit_main(argv: Sequence[str] | None = None) -> int:
     names = list(EXPRESSIONS) if args.expression == "all" else [args.expression] if args.expression else ["aus"]
     jobs = _plan(args.inputs, args.out, names, args.format, args.overwrite)
     editor = _editor_for(args)
-    edit_fns: dict[str, Callable] = {}
-    for name in names:
-        if name == "aus":
-            edit_fns[name] = lambda crops: editor.edit(crops, aus=aus)
-        else:
-            edit_fns[name] = lambda crops, name=name: editor.edit(crops, expression=name)
+    edit_fns = {name: crop_edit(editor, aus=aus) if name == "aus" else crop_edit(editor, expression=name)
+                for name in names}
     return _run_jobs(jobs, editor, edit_fns, args, "segexpr edit")
 
 
 @torch.no_grad()
 def transfer_main(argv: Sequence[str] | None = None) -> int:
     """Copy the expression of a reference photo onto the faces in photos."""
-    from segexpr.faces.pipeline import NoFaceFound, edit_photo
+    from segexpr.faces.pipeline import NoFaceFound
 
     parser = _parser("segexpr transfer", "Copy the expression of a reference photo onto the faces in photos.\n\n"
                      "The reference's largest face (--no-align: the whole reference image) gives the expression. "
@@ -270,13 +246,7 @@ def transfer_main(argv: Sequence[str] | None = None) -> int:
     editor = _editor_for(args)
     reference_image = _open_photo(args.reference)
     try:
-        ref_crop = edit_photo(reference_image, lambda crops: crops, size=editor.image_size, align=args.align,
-                              max_faces=1, min_face_size=args.min_face_size).crops[:1]
+        ref_crop = reference_crop(editor, reference_image, align=args.align, min_face_size=args.min_face_size)
     except NoFaceFound as err:
         raise ValueError(f"--reference {args.reference}: {str(err).replace('align=False', '--no-align')}") from None
-    ref_crop = ref_crop.to(editor.device)
-
-    def copy(crops: torch.Tensor) -> torch.Tensor:
-        return editor.transfer(crops, ref_crop.expand(crops.shape[0], -1, -1, -1))
-
-    return _run_jobs(jobs, editor, {name: copy}, args, "segexpr transfer")
+    return _run_jobs(jobs, editor, {name: crop_edit(editor, reference=ref_crop)}, args, "segexpr transfer")

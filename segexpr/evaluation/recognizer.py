@@ -115,18 +115,20 @@ def train_recognizer(
 
 def load_recognizer(path: str | Path, map_location: str | torch.device = "cpu") -> AUDiscriminatorModule:
     """Load a judge checkpoint safely (``weights_only``); it must hold an :class:`AUDiscriminatorModule`."""
-    hparams = read_checkpoint(path).get("hyper_parameters") or {}
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters") or {}
     if "discriminator_kwargs" not in hparams and "_class_path" not in hparams:
         kind = "a JointModule" if "region_source" in hparams else "not an AUDiscriminatorModule"
         raise CheckpointError(f"{path} holds {kind} (hyperparameters {sorted(hparams)[:8]}); --recognizer needs an "
                               "independently trained AUDiscriminatorModule checkpoint "
                               "(see segexpr.evaluation.train_recognizer)")
-    return load_module(path, expected=AUDiscriminatorModule, map_location=map_location)
+    return load_module(path, expected=AUDiscriminatorModule, map_location=map_location, checkpoint=ckpt)
 
 
 def load_joint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Load a :class:`~segexpr.modules.JointModule` checkpoint safely (``weights_only``); see
-    :func:`segexpr.modules.joint.load_joint_module`."""
+    :func:`segexpr.modules.joint.load_joint_module` (which reads it with the one JointModule checkpoint reader,
+    :func:`segexpr.inference.checkpoints.read_joint_checkpoint`)."""
     from segexpr.modules.joint import load_joint_module
 
     return load_joint_module(path, map_location=map_location)

@@ -1,7 +1,7 @@
 """``ExpressionEditor``: the inference API -- edit by label or AU vector, transfer from a reference, regions.
 
 One small class used by ``JointModule.edit``/``transfer``/``regions``, the ``segexpr edit``/``transfer``
-commands, evaluation and the demo. It holds the networks (no optimisers, no Lightning) and works at any input
+commands (through :mod:`segexpr.inference.photo`), evaluation and the demo. It holds the networks (no optimisers, no Lightning) and works at any input
 size: images are resized to the model's ``image_size``, edited, and only the *change* is upsampled back onto
 the full-resolution input, so unedited detail is kept.
 
@@ -144,39 +144,10 @@ class ExpressionEditor:
         coder take the EMA weights when the checkpoint's EMA holds an average. segexpr 0.1 checkpoints are
         upgraded in memory. Errors name the file.
         """
-        from segexpr.io.checkpoints import (CheckpointError, is_legacy_joint_hparams, read_checkpoint,
-                                            upgrade_joint_hparams)  # I/O at the edge: imported on use
-        from segexpr.modules.joint_setup import build_joint_networks
+        from segexpr.inference.checkpoints import load_editing_networks  # I/O at the edge: imported on use
 
-        ckpt = read_checkpoint(path)
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams = upgrade_joint_hparams(hparams) if is_legacy_joint_hparams(hparams) else hparams
-        if "region_source" not in hparams or "generator" not in hparams:
-            raise CheckpointError(f"{path} does not hold a JointModule (hyperparameters {sorted(hparams)[:8]})")
-        args = {"segmenter": None, "coder": None, "discriminator": None, "image_size": 128, "segmenter_weights": None}
-        args.update({k: hparams[k] for k in ("segmenter", "generator", "coder", "discriminator", "region_source",
-                                             "image_size") if k in hparams})
-        try:
-            nets = build_joint_networks(args)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: hyperparameters do not describe a JointModule: {err}") from err
-        state = ckpt["state_dict"]
-        averaged = state.get("ema.averaged.n_averaged")
-        ema = averaged is not None and int(averaged) > 0
-        for name in ("segmenter", "generator", "coder"):
-            if nets[name] is None:
-                continue
-            prefix = f"ema.averaged.module.{name}." if ema and name != "segmenter" else f"{name}."
-            weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            try:
-                nets[name].load_state_dict(weights)
-            except RuntimeError as err:
-                raise CheckpointError(f"{path}: the {name} weights do not fit its config: {err}") from err
-        editor = cls(nets["generator"], nets["coder"], image_size=int(args["image_size"]), segmenter=nets["segmenter"])
-        for network in (editor.generator, editor.coder, editor.segmenter):
-            if network is not None:
-                network.to(device).eval()
-        return editor
+        nets = load_editing_networks(path, device)
+        return cls(nets.generator, nets.coder, image_size=nets.image_size, segmenter=nets.segmenter)
 
     @property
     def device(self) -> torch.device:

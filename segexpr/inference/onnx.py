@@ -1,6 +1,6 @@
 """ONNX export of segexpr segmenters.
 
->>> from segexpr.export import to_onnx
+>>> from segexpr.inference import to_onnx
 >>> to_onnx(module_or_segmenter, "parser.onnx", image_size=512)          # doctest: +SKIP
 
 The exported graph has one input ``image`` float32 ``[B, 3, H, W]`` in ``[-1, 1]`` and one output ``logits``

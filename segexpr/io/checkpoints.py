@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 __all__ = ["CheckpointError", "is_legacy_joint_hparams", "load_module", "load_segmenter_weights", "load_weights_file",
-           "read_checkpoint", "upgrade_checkpoint", "upgrade_joint_hparams"]
+           "network_state", "read_checkpoint", "upgrade_checkpoint", "upgrade_joint_hparams"]
 
 
 class CheckpointError(ValueError):
@@ -38,6 +38,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def network_state(state_dict: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The weights under ``prefix`` in a LightningModule's ``state_dict``, with the prefix removed: a module's
+    ``segmenter`` attribute is ``network_state(state, "segmenter.")``."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def _load_failure(err: BaseException) -> str:
     """Why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with ``weights_only=False``
     (which would let the file run code): the first line of its message, minus that advice."""
@@ -55,14 +61,16 @@ def _load_failure(err: BaseException) -> str:
     return f"not a readable torch checkpoint, damaged or truncated ({kind}{': ' + first if first else ''})"
 
 
-def load_module(path: str | Path, expected: type | None = None, map_location: str | torch.device = "cpu"):
+def load_module(path: str | Path, expected: type | None = None, map_location: str | torch.device = "cpu", *,
+                checkpoint: Mapping[str, Any] | None = None):
     """Rebuild a segexpr LightningModule from a checkpoint without unpickling code.
 
     The class is taken from the checkpoint's hyperparameters (``_class_path``, written by LightningCLI and by
     segexpr's modules) or from ``expected``; it must be a class inside the ``segexpr`` package. Weights are
-    loaded strictly: missing or unexpected keys are reported by name.
+    loaded strictly: missing or unexpected keys are reported by name. ``checkpoint``: ``path``'s contents when
+    the caller has read them already (with :func:`read_checkpoint`), so the file is read once.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if checkpoint is None else checkpoint
     hparams = dict(ckpt.get("hyper_parameters") or {})
     class_path = hparams.pop("_class_path", None)
     hparams.pop("_instantiator", None)
@@ -158,7 +166,7 @@ def load_segmenter_weights(segmenter: torch.nn.Module, path: str | Path) -> None
     """
     ckpt = load_weights_file(path)
     if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
-        state = {k[len("segmenter."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("segmenter.")}
+        state = network_state(ckpt["state_dict"], "segmenter.")
         if not state:
             raise CheckpointError(f"{path} holds no 'segmenter.*' weights (is it a SegmenterModule checkpoint?)")
     elif isinstance(ckpt, Mapping) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

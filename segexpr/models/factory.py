@@ -18,11 +18,13 @@ from typing import Any, Callable, Mapping
 
 from torch import nn
 
+from segexpr.labels import ALL_REGION_GROUPS
 from segexpr.models.discriminators import AUDiscriminator, create_discriminator
 from segexpr.models.generators import ExpressionCoder, HierarchicalGenerator, create_generator
 from segexpr.models.segmenters import create_segmenter
 
-__all__ = ["NETWORK_KINDS", "build_network", "network_config"]
+__all__ = ["EDITING_NETWORKS", "NETWORK_KINDS", "build_editing_networks", "build_generator_and_coder", "build_network",
+           "build_part", "build_region_segmenter", "network_config"]
 
 
 def _create_coder(**kwargs: Any) -> ExpressionCoder:
@@ -88,3 +90,67 @@ def network_config(network: nn.Module | None) -> dict[str, Any] | None:
     """The config a network was built from (``build_network`` records it), else ``None``."""
     config = getattr(network, "config", None)
     return dict(config) if isinstance(config, Mapping) else None
+
+
+#: The networks that edit an image (what inference needs), in construction order.
+EDITING_NETWORKS: tuple[str, ...] = ("segmenter", "generator", "coder")
+
+
+def build_part(kind: str, value: Any, defaults: Mapping[str, Any], owner: str = "JointModule") -> nn.Module:
+    """One network from its config dict (``defaults`` filled in), or ``value`` itself when it is a network.
+
+    ``region_source`` and ``image_size`` are the owner's: a config that sets them differently is refused.
+    """
+    if isinstance(value, nn.Module):
+        return value
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"{kind} must be a config dict or a network, got {type(value).__name__}")
+    config = dict(value or {})
+    for key, default in defaults.items():
+        if key in config and config[key] != default and key in ("region_source", "image_size"):
+            raise ValueError(f"the {kind} config has {key}={config[key]!r} but {owner} has {key}={default!r}")
+        config.setdefault(key, default)
+    return build_network(kind, config)
+
+
+def build_editing_networks(segmenter: Any, generator: Any, coder: Any, region_source: str,
+                           owner: str = "JointModule") -> dict[str, nn.Module | None]:
+    """The segmenter, generator and coder (configs or networks), built to fit each other.
+
+    The generator takes ``region_source`` and the coder's ``code_dim``; ``region_source="segmenter"`` needs a
+    segmenter and regions with a parsing-class group. The one construction shared by training
+    (:func:`segexpr.modules.joint_setup.build_joint_networks` builds the discriminator between the two steps, so
+    the random initialisation keeps its order) and inference (:mod:`segexpr.inference.checkpoints`).
+    """
+    nets = build_generator_and_coder(generator, coder, region_source, owner)
+    return {"segmenter": build_region_segmenter(segmenter, nets["generator"], region_source, owner), **nets}
+
+
+def build_generator_and_coder(generator: Any, coder: Any, region_source: str, owner: str = "JointModule"
+                              ) -> dict[str, nn.Module]:
+    """The coder, then the generator with ``region_source`` and the coder's ``code_dim``, checked to agree."""
+    coder_net = build_part("coder", coder, {}, owner)
+    generator_net = build_part("generator", generator, {"region_source": region_source,
+                                                         "code_dim": coder_net.code_dim}, owner)
+    if generator_net.region_source != region_source:
+        raise ValueError(f"the generator was built with region_source={generator_net.region_source!r} but {owner} "
+                         f"has region_source={region_source!r}")
+    if generator_net.code_dim != coder_net.code_dim:
+        raise ValueError(f"generator code_dim {generator_net.code_dim} differs from the coder's {coder_net.code_dim}")
+    return {"generator": generator_net, "coder": coder_net}
+
+
+def build_region_segmenter(segmenter: Any, generator: nn.Module, region_source: str, owner: str = "JointModule"
+                           ) -> nn.Module | None:
+    """The segmenter (config or network; ``None`` stays ``None``), checked against the generator's regions:
+    ``region_source="segmenter"`` needs one, and every region needs a parsing-class group."""
+    segmenter_net = build_part("segmenter", segmenter, {}, owner) if segmenter is not None else None
+    if region_source == "segmenter":
+        if segmenter_net is None:
+            raise ValueError("region_source='segmenter' needs a segmenter (a config dict such as "
+                             "{'name': 'unet'} or a network returning parsing logits)")
+        unknown = [r for r in generator.regions if r not in ALL_REGION_GROUPS]
+        if unknown:
+            raise ValueError(f"regions {unknown} have no parsing-class group in ALL_REGION_GROUPS "
+                             f"(known: {sorted(ALL_REGION_GROUPS)})")
+    return segmenter_net

@@ -4,7 +4,7 @@ The module is the *schedule* (Lightning's GAN pattern: manual optimisation, ``to
 ``manual_backward``); the networks come from :mod:`segexpr.models` (built from plain config dicts by
 :func:`segexpr.models.factory.build_network`), the objectives from :mod:`segexpr.gan.objectives`, the target
 sampling from :mod:`segexpr.gan.targets`, DDP gradient averaging from :mod:`segexpr.gan.stepping` and inference
-from :class:`segexpr.editor.ExpressionEditor`::
+from :class:`segexpr.inference.editor.ExpressionEditor`::
 
     JointModule(
         segmenter={"name": "unet", "base_channels": 16},
@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
 from segexpr.labels import ALL_REGION_GROUPS
-from segexpr.editor import ExpressionEditor
+from segexpr.inference.editor import ExpressionEditor
 from segexpr.gan.objectives import GANObjectives, LossWeights, image_code_loss
 from segexpr.gan.stepping import (broadcast_buffers, check_finite, disable_reducer, distributed_world_size, gan_optimizers,
                                   optimizer_step)
@@ -201,16 +201,16 @@ class JointModule(pl.LightningModule):
 
     def edit(self, images: torch.Tensor, expression: Any = None, aus: torch.Tensor | None = None,
              landmarks: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`ExpressionEditor.edit <segexpr.editor.ExpressionEditor.edit>` with this module's networks."""
+        """:meth:`ExpressionEditor.edit <segexpr.inference.editor.ExpressionEditor.edit>` with this module's networks."""
         return self.editor.edit(images, expression=expression, aus=aus, landmarks=landmarks)
 
     def transfer(self, images: torch.Tensor, references: torch.Tensor, landmarks: torch.Tensor | None = None
                  ) -> torch.Tensor:
-        """:meth:`ExpressionEditor.transfer <segexpr.editor.ExpressionEditor.transfer>` with this module's networks."""
+        """:meth:`ExpressionEditor.transfer <segexpr.inference.editor.ExpressionEditor.transfer>` with this module's networks."""
         return self.editor.transfer(images, references, landmarks=landmarks)
 
     def regions(self, images: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`ExpressionEditor.regions <segexpr.editor.ExpressionEditor.regions>`: float ``[B, R, H, W]``."""
+        """:meth:`ExpressionEditor.regions <segexpr.inference.editor.ExpressionEditor.regions>`: float ``[B, R, H, W]``."""
         return self.editor.regions(images, landmarks=landmarks)
 
     def _segment(self, images: torch.Tensor, with_grad: bool) -> torch.Tensor:
@@ -535,11 +535,11 @@ class JointModule(pl.LightningModule):
 
 
 def load_joint_module(path: str, map_location: str | torch.device = "cpu") -> JointModule:
-    """Load a JointModule checkpoint safely (``weights_only=True``; segexpr 0.1 checkpoints are upgraded)."""
-    from segexpr.io.checkpoints import CheckpointError, load_module, read_checkpoint
+    """Load a JointModule checkpoint safely (``weights_only=True``; segexpr 0.1 checkpoints are upgraded).
 
-    hparams = read_checkpoint(path).get("hyper_parameters") or {}
-    if "region_source" not in hparams and "_class_path" not in hparams:
-        raise CheckpointError(f"{path} does not hold a JointModule (hyperparameters {sorted(hparams)[:8]}); "
-                              "a JointModule checkpoint is needed")
-    return load_module(path, expected=JointModule, map_location=map_location)
+    The file is read and its hyperparameters checked by :func:`segexpr.inference.checkpoints.read_joint_checkpoint`,
+    the one reader of JointModule checkpoints; the whole LightningModule is then rebuilt from them."""
+    from segexpr.inference.checkpoints import read_joint_checkpoint
+    from segexpr.io.checkpoints import load_module
+
+    return load_module(path, expected=JointModule, map_location=map_location, checkpoint=read_joint_checkpoint(path))

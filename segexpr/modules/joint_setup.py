@@ -6,8 +6,7 @@ from typing import Any, Mapping, Sequence
 import pytorch_lightning as pl
 from torch import nn
 
-from segexpr.labels import ALL_REGION_GROUPS
-from segexpr.models.factory import build_network
+from segexpr.models.factory import build_generator_and_coder, build_part, build_region_segmenter
 
 #: ``torch.compile`` modes JointModule accepts (``"reduce-overhead"`` replays CUDA graphs)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -62,32 +61,19 @@ def check_options(args: Mapping[str, Any], tasks: Sequence[str], region_sources:
 
 
 def build_joint_networks(args: Mapping[str, Any]) -> dict[str, nn.Module | None]:
-    """The four networks from configs (or as given), with the settings that must agree filled in."""
-    def build(kind: str, value: Any, defaults: Mapping[str, Any]) -> nn.Module:
-        if isinstance(value, nn.Module):
-            return value
-        if isinstance(value, pl.LightningModule) or (value is not None and not isinstance(value, Mapping)):
-            raise TypeError(f"{kind} must be a config dict or a network, got {type(value).__name__}")
-        config = dict(value or {})
-        for key, default in defaults.items():
-            if key in config and config[key] != default and key in ("region_source", "image_size"):
-                raise ValueError(f"the {kind} config has {key}={config[key]!r} but JointModule has {key}={default!r}")
-            config.setdefault(key, default)
-        return build_network(kind, config)
+    """The four networks from configs (or as given), with the settings that must agree filled in.
 
+    The editing networks come from the builders inference shares (:mod:`segexpr.models.factory`: the coder and
+    generator, then -- after the discriminator, fitted to the generator here, as the random initialisation has
+    always been ordered -- the segmenter).
+    """
     for kind in NETWORKS:
         if isinstance(args[kind], pl.LightningModule):
             raise TypeError(f"{kind}: pass the network ({type(args[kind]).__name__}.{kind}) or its config dict, "
                             f"not the LightningModule (its training options would have no effect here)")
-    coder = build("coder", args["coder"], {})
-    generator = build("generator", args["generator"], {"region_source": args["region_source"],
-                                                        "code_dim": coder.code_dim})
-    if generator.region_source != args["region_source"]:
-        raise ValueError(f"the generator was built with region_source={generator.region_source!r} but JointModule "
-                         f"has region_source={args['region_source']!r}")
-    if generator.code_dim != coder.code_dim:
-        raise ValueError(f"generator code_dim {generator.code_dim} differs from the coder's {coder.code_dim}")
-    discriminator = build("discriminator", args["discriminator"], {
+    nets = build_generator_and_coder(args["generator"], args["coder"], args["region_source"])
+    generator = nets["generator"]
+    discriminator = build_part("discriminator", args["discriminator"], {
         "image_size": args["image_size"], "regions": tuple(generator.regions),
         "au_free_channels": generator.au_free_channels, "crop_size": generator.crop_size})
     if discriminator.feature_classifier.in_channels != generator.au_free_channels:
@@ -97,21 +83,10 @@ def build_joint_networks(args: Mapping[str, Any]) -> dict[str, nn.Module | None]
     if args["region_source"] != "none" and tuple(discriminator.regions) != tuple(generator.regions):
         raise ValueError(f"discriminator regions {tuple(discriminator.regions)} differ from generator regions "
                          f"{tuple(generator.regions)}")
-    segmenter = None
-    if args["segmenter"] is not None:
-        config = args["segmenter"]
-        segmenter = build("segmenter", config, {})
-    if args["region_source"] == "segmenter":
-        if segmenter is None:
-            raise ValueError("region_source='segmenter' needs a segmenter (a config dict such as "
-                             "{'name': 'unet'} or a network returning parsing logits)")
-        unknown = [r for r in generator.regions if r not in ALL_REGION_GROUPS]
-        if unknown:
-            raise ValueError(f"regions {unknown} have no parsing-class group in ALL_REGION_GROUPS "
-                             f"(known: {sorted(ALL_REGION_GROUPS)})")
+    segmenter = build_region_segmenter(args["segmenter"], generator, args["region_source"])
     if args["segmenter_weights"] is not None and segmenter is None:
         raise ValueError("segmenter_weights is set but the model has no segmenter")
-    return {"segmenter": segmenter, "generator": generator, "coder": coder, "discriminator": discriminator}
+    return {"segmenter": segmenter, **nets, "discriminator": discriminator}
 
 
 def split_combined(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any] | None]:
