@@ -3,8 +3,8 @@
 The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them), the face tests
 the photo extra (dlib). Without them they are skipped locally but fail when ``CI`` is set, so CI cannot silently
 lose them. The whole-image browser test drives the real :class:`~segexpr.editor.ExpressionEditor` from a
-checkpoint of a JointModule trained a few batches; with ``SEGEXPR_WRITE_DOCS=1`` it also writes its screenshot
-to ``docs/demo_screenshot.png``.
+checkpoint of a JointModule trained a few batches. ``docs/demo_screenshot.png`` is the page for the README
+quickstart's real model editing the astronaut photo, written by ``examples/demo_screenshot.py``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 from segexpr import demo as demo_module
-from segexpr.files import write_bytes
 from segexpr.data.labels import AU_NAMES, EXPRESSIONS, NUM_AUS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -410,10 +409,23 @@ def test_browser_upload_and_edit(tmp_path, monkeypatch, request, photo_editing):
         screenshot = tmp_path / "demo_screenshot.png"
         assert driver.save_screenshot(str(screenshot))
         assert Image.open(screenshot).size[0] >= 1000
-        if os.environ.get("SEGEXPR_WRITE_DOCS") == "1" and not photo_editing:  # the real model's page
-            write_bytes(ROOT / "docs" / "demo_screenshot.png", screenshot.read_bytes(), overwrite=True)
         print(f"browser test took {time.monotonic() - started:.1f} s")
     finally:
         if driver is not None:
             driver.quit()
         app.close()
+
+
+def test_screenshot_script_refuses_an_existing_picture_before_any_work(tmp_path):
+    """examples/demo_screenshot.py (docs/demo_screenshot.png from a real checkpoint) refuses to replace a picture
+    without --overwrite, before it reads the checkpoint (which does not exist here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_screenshot", ROOT / "examples" / "demo_screenshot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "shot.png"
+    out.write_bytes(b"keep")
+    with pytest.raises(SystemExit, match="exist"):
+        script.main(["--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(out)])
+    assert out.read_bytes() == b"keep"
