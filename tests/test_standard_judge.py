@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS
+from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.evaluation import SynthFACSEditBenchmark, standard_judge
 from segexpr.evaluation.judge import (

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from segexpr.cli import torch_threads
-from segexpr.data.labels import NUM_EXPRESSIONS
+from segexpr.labels import NUM_EXPRESSIONS
 from segexpr.evaluation import SynthFACSEditBenchmark, load_joint, load_recognizer
 from segexpr.files import refuse_existing, write_text
 from segexpr.evaluation.judge import (

@@ -33,9 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 from segexpr.data.synthetic import SyntheticFaces
 from segexpr.data.transforms import derive_seed
 from segexpr.files import atomic_path, refuse_existing, write_text
-from segexpr.io.images import images_to_uint8
 from segexpr.models.judges import ExpressionJudge, create_judge
 from segexpr.modules.judge import JudgeModule
+from segexpr.ops.pixels import images_to_uint8, uint8_to_images
 
 __all__ = ["STANDARD_JUDGE_DIR", "STANDARD_RECIPE", "AugmentedRenders", "JudgeEnsemble", "judge_augmentation",
            "load_judge_ensemble", "render_training_set", "save_judge_ensemble", "standard_judge", "train_judge"]
@@ -108,7 +108,7 @@ class AugmentedRenders(Dataset):
         if self.augmentation is not None:
             self.augmentation.set_random_seed(derive_seed(self.seed, k))
             image = self.augmentation(image=image)["image"]
-        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
+        tensor = uint8_to_images(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
         return {"image": tensor, "expression": torch.tensor(int(self.renders["expression"][i])),
                 "aus": torch.from_numpy(self.renders["aus"][i])}
 

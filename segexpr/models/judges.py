@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tv
 
-from segexpr.data.labels import NUM_AUS, NUM_EXPRESSIONS
+from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS
 
 __all__ = ["JUDGE_FAMILIES", "ExpressionJudge", "create_judge", "list_judges"]
 
