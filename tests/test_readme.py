@@ -97,6 +97,6 @@ def test_readme_python_example_runs(tmp_path):
     exec(code.replace("outputs/synthetic/latest/checkpoints/last.ckpt", str(ckpt)), namespace)
     for name in ("happy", "smile", "copied"):
         assert namespace[name].shape == (2, 3, 64, 64) and namespace[name].abs().max() <= 1
-    assert namespace["regions"].shape == (2, 4, 64, 64)
-    assert namespace["masks"].shape == (2, 4, 128, 128)
-    assert not torch.equal(namespace["happy"], namespace["faces"])
+    assert namespace["masks"].shape == (2, len(namespace["editor"].region_names), 64, 64)
+    assert not torch.equal(namespace["happy"], namespace["images"])
+    assert namespace["seg"](namespace["images"]).shape == (2, 19, 64, 64)

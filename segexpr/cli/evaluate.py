@@ -152,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + confusion_table(result.confusion))
     for note in result.notes:
         print(f"note: {note}")
-    payload = {"command": command, "checkpoint": str(args.ckpt), "judge": judge_name, **data, **result.as_dict()}
+    payload = {"command": command, "checkpoint": str(args.ckpt), **data, **result.as_dict(),
+               "judge": judge_name, "judge_network": result.judge}
     write_text(args.out, json.dumps(payload, indent=2, allow_nan=False) + "\n", overwrite=args.overwrite)
     print(f"wrote {args.out}")
     if args.plot is not None and result.confusion is not None:
