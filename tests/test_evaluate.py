@@ -36,13 +36,7 @@ def tiny_joint(task: str = "both", region_source: str = "segmenter") -> JointMod
     return tiny_joint_module(SIZE, segmenter=region_source == "segmenter", task=task, region_source=region_source)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run several times faster on one thread when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
