@@ -126,7 +126,7 @@ def stability(ckpt: Path, ensemble: JudgeEnsemble, benchmark: SynthFACSEditBench
 
 
 def markdown(payload: dict[str, Any]) -> str:
-    lines = [f"# Standard judge: strength and stability", "",
+    lines = ["# Standard judge: strength and stability", "",
              f"Command: `{payload['command']}`  ", f"Date: {payload['date']}; commit {payload['commit']}; "
              f"{payload['threads']} torch thread(s).", "",
              "Written by `examples/benchmarks/standard_judge.py`; rerun it to update (hand-written reading goes "

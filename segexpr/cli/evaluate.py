@@ -20,8 +20,7 @@ from typing import Any, Sequence
 import pytorch_lightning as pl
 from torch import nn
 
-from segexpr.labels import NUM_EXPRESSIONS
-from segexpr.labels import EXPRESSIONS
+from segexpr.labels import EXPRESSIONS, NUM_EXPRESSIONS
 from segexpr.evaluation import (
     BenchmarkResult,
     SynthFACSEditBenchmark,
