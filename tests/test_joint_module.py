@@ -283,6 +283,19 @@ def test_paired_edit_loss_adds_the_weighted_ground_truth_l1(pair_batches):
     assert {"train/edit_l1_gt", "train/manipulate/paired_l1"} <= set(trainer.callback_metrics)
 
 
+def test_a_paired_loss_on_data_without_answers_is_refused_by_name(pair_batches):
+    """lambda_paired > 0 with no edit_target/transfer_target in the batch would silently train unpaired."""
+    batch = {k: v for k, v in pair_batches[0].items() if k not in ("edit_target", "transfer_target")}
+    module = tiny_module(task="manipulate", region_source="none", segmenter=False, lambda_paired=5.0)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    with pytest.raises(KeyError, match="lambda_paired > 0.*neither 'edit_target' nor 'transfer_target'"):
+        trainer.fit(module, loader([batch]))
+    unpaired = tiny_module(task="manipulate", region_source="none", segmenter=False)
+    pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(unpaired, loader([batch]))
+
+
 def test_segmenter_warmup_trains_only_the_segmenter(pair_batches):
     module = tiny_module(task="both", segmenter_warmup_steps=2, ema_decay=None)
     parts = {"segmenter": module.segmenter, "generator": module.generator, "coder": module.coder,

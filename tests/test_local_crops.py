@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segexpr.data.labels import REGION_LANDMARKS, REGION_NAMES
 from segexpr.ops.regions import (
@@ -236,6 +237,15 @@ def test_feather_masks_grows_softens_and_is_differentiable():
     torch.testing.assert_close(feather_masks(masks, 0, 0), masks)
     with pytest.raises(ValueError, match="dilate"):
         feather_masks(masks, dilate=-1)
+
+
+def test_feather_masks_equals_the_square_window_filters():
+    """The separable passes give the square max window and box filter exactly (to float rounding)."""
+    torch.manual_seed(0)
+    masks = torch.rand(2, 3, 24, 20)
+    square = F.max_pool2d(masks, 7, stride=1, padding=3)
+    square = F.avg_pool2d(F.pad(square, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    torch.testing.assert_close(feather_masks(masks, dilate=3, blur=2), square.clamp(0, 1), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("spread", [0.001, 0.005, 0.01])

@@ -14,10 +14,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from segexpr.labels import NUM_AUS, NUM_EXPRESSIONS
-from segexpr.data.synthetic import SyntheticFaces
+from segexpr.data.synthetic import SyntheticFaces, nearest_expression, render
 from segexpr.evaluation import SynthFACSEditBenchmark, standard_judge
 from segexpr.evaluation.judge import (
     STANDARD_JUDGE_DIR,
+    AugmentedRenders,
     STANDARD_RECIPE,
     JudgeEnsemble,
     load_judge_ensemble,
@@ -28,6 +29,7 @@ from segexpr.evaluation.judge import (
 from segexpr.metrics import assert_independent
 from segexpr.models.discriminators import AUDiscriminator
 from segexpr.models.judges import create_judge, list_judges
+from segexpr.modules.judge import JudgeModule
 from tiny import tiny_joint_module
 
 
@@ -70,6 +72,64 @@ def test_training_is_deterministic_and_learns(renders):
     assert all(same)
     assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values()))
     assert not torch.equal(first.head.weight, fresh.head.weight)
+
+
+def test_blended_renders_are_labelled_with_the_nearest_prototype():
+    """Partial expressions: re-rendering an item's AUs gives its image, and its label is the nearest prototype."""
+    plain = render_training_set(size=32, length=40, seed=0)
+    blended = render_training_set(size=32, length=40, seed=0, blend_fraction=0.5)
+    again = render_training_set(size=32, length=40, seed=0, blend_fraction=0.5)
+    assert all(torch.equal(torch.from_numpy(blended[k]), torch.from_numpy(again[k])) for k in blended)
+    changed = [i for i in range(40) if not (plain["image"][i] == blended["image"][i]).all()]
+    assert 10 <= len(changed) <= 30  # about half the items
+    dataset = SyntheticFaces(size=32, length=40, seed=0, split="train")
+    for i in range(40):
+        assert blended["identity"][i] == dataset.identity_of(i)
+        assert blended["expression"][i] == nearest_expression(blended["aus"][i])
+        assert (render(int(blended["identity"][i]), blended["aus"][i], 32)["image"] == blended["image"][i]).all()
+    with pytest.raises(ValueError, match="blend_fraction must be in"):
+        render_training_set(size=32, length=4, blend_fraction=1.5)
+
+
+def test_crossfaded_items_mix_two_expressions_of_one_face_with_soft_labels(renders):
+    data = AugmentedRenders(renders, length=96, seed=0, augment=False, crossfade=0.5)
+    faded = 0
+    for k in range(96):
+        item = data[k]
+        probs = item["expression_probs"]
+        assert float(probs.sum()) == pytest.approx(1.0) and int(item["expression"]) == int(probs.argmax())
+        i = int(data.order[k])
+        source = torch.from_numpy(renders["image"][i]).permute(2, 0, 1).float() / 127.5 - 1
+        if float(probs.max()) < 1:
+            faded += 1
+            a = float(probs[int(renders["expression"][i])])
+            candidates = [j for j in data.partners[i]
+                          if float(probs[int(renders["expression"][j])]) == pytest.approx(1 - a)]
+            assert all(renders["identity"][j] == renders["identity"][i] for j in candidates)
+
+            def blend(j):
+                partner = torch.from_numpy(renders["image"][j]).permute(2, 0, 1).float() / 127.5 - 1
+                return a * source + (1 - a) * partner
+
+            assert any(torch.allclose(item["image"], blend(j), atol=1.5 / 127.5) for j in candidates)
+        else:
+            assert torch.allclose(item["image"], source, atol=1e-6)
+    assert 25 <= faded <= 71
+    assert AugmentedRenders(renders, length=96, seed=0, augment=False, crossfade=0.0)[0]["expression_probs"].max() == 1
+    with pytest.raises(KeyError, match="identity"):
+        AugmentedRenders({k: v for k, v in renders.items() if k != "identity"}, 4, 0, crossfade=0.5)
+
+
+def test_judge_module_uses_soft_labels_when_given():
+    torch.manual_seed(0)
+    module = JudgeModule("vgg_bn_small", image_size=32, max_steps=1)
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "expression": torch.tensor([0, 1, 2, 3]),
+             "aus": torch.rand(4, NUM_AUS)}
+    hard = module.training_step(batch, 0)
+    soft = dict(batch, expression_probs=torch.nn.functional.one_hot(batch["expression"], NUM_EXPRESSIONS).float())
+    assert torch.allclose(module.training_step(soft, 0), hard)
+    soft["expression_probs"] = torch.full((4, NUM_EXPRESSIONS), 1 / NUM_EXPRESSIONS)
+    assert not torch.allclose(module.training_step(soft, 0), hard)
 
 
 def test_ensemble_averages_probabilities_and_aus():
@@ -177,3 +237,23 @@ def test_evaluate_uses_the_standard_judge_by_default(joint_checkpoint, tmp_path)
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode != 0 and "results.json" in again.stderr and "--overwrite" in again.stderr
     assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_standard_judge_script_checks_its_overrides_and_work_dir(tmp_path, capsys):
+    from benchmark_scripts import load_benchmark
+
+    script = load_benchmark("standard_judge")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--crossfade", "1.5", "--out-dir", str(tmp_path)])
+    assert "--crossfade must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--blend-fraction", "0.5", "--write-judge", "--overwrite", "--out-dir", str(tmp_path)])
+    assert "--write-judge stores the recipe's judge" in capsys.readouterr().err
+    recipe = dict(STANDARD_RECIPE, image_size=32, training_renders=16, steps=1, batch_size=4, seeds=(0,),
+                  families=("vgg_bn_small",))
+    members, seconds = script.build_members(recipe, tmp_path / "work")
+    assert [(f, s) for f, s, _ in members] == [("vgg_bn_small", 0)] and set(seconds) == {"vgg_bn_small seed 0"}
+    again, seconds = script.build_members(recipe, tmp_path / "work")  # cached: loaded, not retrained
+    assert seconds == {} and torch.equal(again[0][2].head.weight, members[0][2].head.weight)
+    with pytest.raises(SystemExit, match="judges of another recipe"):
+        script.build_members(dict(recipe, crossfade=0.5), tmp_path / "work")

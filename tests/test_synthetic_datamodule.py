@@ -67,6 +67,16 @@ def test_eval_loaders_and_no_transform_when_sizes_match():
     assert next(iter(resized.val_dataloader()))["image"].shape == (4, 3, 16, 16)
 
 
+def test_train_answers_off_leaves_out_only_the_answers_and_only_in_training():
+    """train_answers=False: training items lose transfer_target/edit_target and nothing else changes; val keeps them."""
+    with_answers, without = _module(pairs=True, augment=False), _module(pairs=True, augment=False, train_answers=False)
+    with_answers.setup("fit"), without.setup("fit")
+    full, lean = with_answers.datasets["train"][3], without.datasets["train"][3]
+    assert set(full) - set(lean) == {"transfer_target", "edit_target"}
+    assert all(torch.equal(lean[k], full[k]) for k in lean)
+    assert {"transfer_target", "edit_target"} <= set(without.datasets["val"][0])
+
+
 def test_base_module_validation_and_hooks():
     class Numbers(FaceDataModule):
         def build_dataset(self, split):

@@ -57,6 +57,12 @@ def member_name(family: str, seed: int) -> str:
 def build_members(recipe: dict[str, Any], work_dir: Path) -> tuple[list[tuple[str, int, Any]], dict[str, float]]:
     """Train (or load from ``work_dir``) every (family, seed) of ``recipe``; returns members and training seconds."""
     work_dir.mkdir(parents=True, exist_ok=True)
+    # members are cached by family and seed: a work dir must not mix members of different recipes
+    made_by = {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items() if k != "seeds"}
+    stamp = work_dir / "recipe.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != made_by:
+        raise SystemExit(f"{work_dir} holds judges of another recipe ({stamp}); use another --work-dir")
+    stamp.write_text(json.dumps(made_by, indent=2) + "\n")
     renders = None
     members, seconds = [], {}
     for family in recipe["families"]:
@@ -70,12 +76,12 @@ def build_members(recipe: dict[str, Any], work_dir: Path) -> tuple[list[tuple[st
                 if renders is None:
                     start = time.perf_counter()
                     renders = render_training_set(recipe["image_size"], recipe["training_renders"],
-                                                  recipe["render_seed"])
+                                                  recipe["render_seed"], recipe.get("blend_fraction", 0.0))
                     print(f"rendered {recipe['training_renders']} training faces in "
                           f"{time.perf_counter() - start:.0f} s", flush=True)
                 start = time.perf_counter()
                 judge = train_judge(family, seed, renders, steps=recipe["steps"], batch_size=recipe["batch_size"],
-                                    lr=recipe["lr"])
+                                    lr=recipe["lr"], crossfade=recipe.get("crossfade", 0.0))
                 seconds[member_name(family, seed)] = time.perf_counter() - start
                 torch.save(judge.state_dict(), path)
                 print(f"trained {member_name(family, seed)} in {seconds[member_name(family, seed)]:.0f} s -> {path}",
@@ -176,6 +182,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/standard_judge"),
                         help="where trained members are kept (and reused)")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's training steps")
+    parser.add_argument("--judge-seeds", type=int, nargs="+", default=None, help="override the recipe's seeds")
+    parser.add_argument("--blend-fraction", type=float, default=None,
+                        help="override the recipe's share of partial-expression renders (render_training_set)")
+    parser.add_argument("--crossfade", type=float, default=None,
+                        help="override the recipe's share of cross-faded training items (AugmentedRenders)")
     parser.add_argument("--count", type=int, default=64, help="held-out identities")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
@@ -190,6 +201,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--recognizer {args.recognizer} not found")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    for name in ("blend_fraction", "crossfade"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.write_judge and any(getattr(args, n) is not None for n in ("steps", "judge_seeds", "blend_fraction",
+                                                                        "crossfade")):
+        parser.error("--write-judge stores the recipe's judge; drop --steps/--judge-seeds/--blend-fraction/"
+                     "--crossfade (or change STANDARD_RECIPE)")
     if args.count < 2:
         parser.error(f"--count must be >= 2, got {args.count}")
     try:
@@ -205,8 +224,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     recipe = dict(STANDARD_RECIPE)
-    if args.steps is not None:
-        recipe["steps"] = args.steps
+    for key, value in (("steps", args.steps), ("blend_fraction", args.blend_fraction),
+                       ("crossfade", args.crossfade)):
+        if value is not None:
+            recipe[key] = value
+    if args.judge_seeds is not None:
+        recipe["seeds"] = tuple(args.judge_seeds)
     with torch_threads(args.threads):
         members, seconds = build_members(recipe, args.work_dir)
         if args.train_only:

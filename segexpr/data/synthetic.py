@@ -38,7 +38,7 @@ from segexpr.data.transforms import FaceTransform, build_transforms, derive_seed
 
 __all__ = [
     "HAIR_STYLES", "IdentityParams", "MAX_IDENTITY", "SPLIT_IDENTITY_OFFSET", "SyntheticFaces",
-    "SyntheticFacesDataModule", "changeable_area", "identity_params", "nearest_expression", "render",
+    "SyntheticFacesDataModule", "changeable_area", "identity_params", "nearest_expression", "render", "sample_aus",
 ]
 
 #: Identities are integers in ``[0, MAX_IDENTITY)``.
@@ -704,8 +704,9 @@ def _landmarks(p: IdentityParams, shapes: Mapping[str, np.ndarray], frame: _Fram
 
 
 # ------------------------------------------------------------------------------------------------ dataset
-def _sample_aus(rng: np.random.Generator, expression: int) -> np.ndarray:
-    """Prototype * per-AU intensity U(0.6, 1.0) plus U(0, 0.15) on two AUs the prototype leaves at 0."""
+def sample_aus(rng: np.random.Generator, expression: int) -> np.ndarray:
+    """AUs [17] of one SynthFACS face showing ``expression``, as the dataset draws them: the prototype times a
+    per-AU intensity U(0.6, 1.0), plus U(0, 0.15) on two AUs the prototype leaves at 0, clipped to [0, 1]."""
     proto = _PROTOTYPES[expression]
     aus = proto * rng.uniform(0.6, 1.0, NUM_AUS)
     free = np.flatnonzero(proto == 0)
@@ -744,13 +745,15 @@ class SyntheticFaces(Dataset):
         identities: identity pool size (default ``max(1, length // 10)``; at least 2 with ``pairs``).
         pairs: add a reference, the transfer ground truth, and an edit label with its ground truth.
         transform: optional :class:`FaceTransform` (or any callable ``(sample, seed=...) -> dict``).
+        answers: with ``pairs``, render the answers ``transfer_target`` and ``edit_target`` (half an item's
+            rendering time); ``False`` leaves them out and changes nothing else of the item.
     """
 
     render = staticmethod(render)
 
     def __init__(self, size: int = 128, length: int = 10000, seed: int = 0, split: str = "train",
                  identities: int | None = None, pairs: bool = False,
-                 transform: FaceTransform | Callable[..., dict] | None = None) -> None:
+                 transform: FaceTransform | Callable[..., dict] | None = None, answers: bool = True) -> None:
         self.size = _check_size(size)
         if split not in SPLIT_IDENTITY_OFFSET:
             raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDENTITY_OFFSET)}")
@@ -765,6 +768,7 @@ class SyntheticFaces(Dataset):
             raise ValueError(f"pairs=True needs at least 2 identities (the reference is another identity), got {pool}")
         self.length, self.seed, self.split = int(length), int(seed), split
         self.identities, self.pairs, self.transform = int(pool), bool(pairs), transform
+        self.answers = bool(answers)
         # shared memory so that persistent DataLoader workers see set_epoch from the main process
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -786,21 +790,22 @@ class SyntheticFaces(Dataset):
         rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
         expression = int(rng.integers(NUM_EXPRESSIONS))
         identity = self.identity_of(index)
-        sample = render(identity, _sample_aus(rng, expression), self.size)
+        sample = render(identity, sample_aus(rng, expression), self.size)
         sample["expression"] = expression
         if self.pairs:
             offset = int(rng.integers(1, self.identities))  # never 0: a different identity
             ref_identity = SPLIT_IDENTITY_OFFSET[self.split] + (index + offset) % self.identities
             ref_expression = int(rng.integers(NUM_EXPRESSIONS))
-            reference = render(ref_identity, _sample_aus(rng, ref_expression), self.size)
+            reference = render(ref_identity, sample_aus(rng, ref_expression), self.size)
             reference["expression"] = ref_expression
             for key in ("image", "mask", "aus", "expression", "identity", "landmarks"):
                 sample[f"reference_{key}"] = reference[key]
-            sample["transfer_target"] = render(identity, reference["aus"], self.size)["image"]
             # Drawn after everything above, so adding it left the other fields of every item unchanged.
             edit_expression = int(rng.integers(NUM_EXPRESSIONS))
             sample["edit_expression"] = edit_expression
-            sample["edit_target"] = render(identity, _PROTOTYPES[edit_expression], self.size)["image"]
+            if self.answers:  # two of an item's four renders: skipped where nothing reads them (unpaired training)
+                sample["transfer_target"] = render(identity, reference["aus"], self.size)["image"]
+                sample["edit_target"] = render(identity, _PROTOTYPES[edit_expression], self.size)["image"]
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -824,13 +829,16 @@ class SyntheticFacesDataModule(FaceDataModule):
         augment: train split uses ``build_transforms(image_size, train=True)``; val/test/predict use the eval
             transform (resize only), or none when ``size == image_size``.
         identities: identity pool size per split (default ``length // 10`` of each split).
+        train_answers: with ``pairs``, the train split renders the edits' answers too (``transfer_target``,
+            ``edit_target``): only a paired loss (``JointModule(lambda_paired > 0)``) and the training diagnostics
+            ``*_l1_gt`` read them. ``False`` halves the training split's rendering; val/test always have them.
         batch_size, num_workers, pin_memory: see :class:`~segexpr.data.base.FaceDataModule`.
     """
 
     def __init__(self, size: int = 128, train_length: int = 10000, val_length: int = 500, test_length: int = 500,
                  seed: int = 0, pairs: bool = False, augment: bool = True, identities: int | None = None,
                  batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
-                 image_size: int | None = None, references: bool = False) -> None:
+                 image_size: int | None = None, references: bool = False, train_answers: bool = True) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
                          image_size=size if image_size is None else image_size, references=references)
         if references and pairs:
@@ -846,6 +854,7 @@ class SyntheticFacesDataModule(FaceDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.lengths = {"train": train_length, "val": val_length, "test": test_length, "predict": test_length}
         self.pairs, self.augment, self.identities = pairs, augment, identities
+        self.train_answers = bool(train_answers)
 
     def build_dataset(self, split: str) -> SyntheticFaces:
         if split == "train" and self.augment:
@@ -855,4 +864,5 @@ class SyntheticFacesDataModule(FaceDataModule):
         else:
             transform = None
         return SyntheticFaces(size=self.size, length=self.lengths[split], seed=self.seed, split=split,
-                              identities=self.identities, pairs=self.pairs, transform=transform)
+                              identities=self.identities, pairs=self.pairs, transform=transform,
+                              answers=self.train_answers or split != "train")

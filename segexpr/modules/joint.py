@@ -324,7 +324,7 @@ class JointModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hp = self.hparams
         batch, parsing = split_combined(batch)
-        check_batch(batch, hp.task, self.image_size)
+        check_batch(batch, hp.task, self.image_size, paired=hp.lambda_paired > 0)
         tasks = tasks_for(batch, self.uses_manipulate, self.uses_transfer, hp.task)
         images = batch["image"]
         opts = self._named_optimizers()

@@ -99,8 +99,12 @@ def split_combined(batch: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping
     return batch, None
 
 
-def check_batch(batch: Mapping[str, Any], task: str | None, image_size: int) -> None:
-    """Refuse a batch the task cannot train on, or whose images are not ``image_size`` square (named)."""
+def check_batch(batch: Mapping[str, Any], task: str | None, image_size: int, paired: bool = False) -> None:
+    """Refuse a batch the task cannot train on, or whose images are not ``image_size`` square (named).
+
+    ``paired``: the model weighs L1s against the edits' answers (``lambda_paired > 0``), so the batch must carry
+    one (``edit_target`` or ``transfer_target``), or that loss would silently be zero.
+    """
     if "image" not in batch:
         raise KeyError(f"JointModule batches need an 'image' key, got {sorted(batch)}")
     size = tuple(batch["image"].shape[-2:])
@@ -116,6 +120,10 @@ def check_batch(batch: Mapping[str, Any], task: str | None, image_size: int) -> 
         raise KeyError(f"task={task!r}: the manipulation losses (label/AU targets judged by the critic's heads) need "
                        f"'expression' and/or 'aus' labels in the batch, which has {sorted(batch)}; add an AU source "
                        f"(aus=...) or use task='transfer'")
+    if paired and batch.get("edit_target") is None and batch.get("transfer_target") is None:
+        raise KeyError(f"lambda_paired > 0 weighs L1s against the edits' answers, but the batch has neither "
+                       f"'edit_target' nor 'transfer_target' (keys: {sorted(batch)}); set lambda_paired: 0 (unpaired), "
+                       f"or give the data its answers (SyntheticFacesDataModule pairs: true, train_answers: true)")
 
 
 def tasks_for(batch: Mapping[str, Any], manipulate: bool, transfer: bool, task: str) -> list[str]:

@@ -29,7 +29,8 @@ class JudgeModule(pl.LightningModule):
         au_weight: weight of the AU regression (MSE of intensities in ``[0, 1]``).
 
     A batch holds ``image`` float ``[B, 3, S, S]`` in ``[-1, 1]``, ``expression`` int64 ``[B]`` and ``aus``
-    float ``[B, 17]`` in ``[0, 1]``.
+    float ``[B, 17]`` in ``[0, 1]``; optionally ``expression_probs`` float ``[B, 8]`` (soft labels, summing to 1),
+    which the cross-entropy then uses instead of ``expression``.
     """
 
     def __init__(self, family: str = "resnet18_3stage", image_size: int = 64, max_steps: int = 1500,
@@ -48,7 +49,9 @@ class JudgeModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits, aus = self.judge(batch["image"])
-        ce = F.cross_entropy(logits, batch["expression"], label_smoothing=self.hparams.label_smoothing)
+        # soft labels where the data has them (cross-faded images), else the class index
+        target = batch.get("expression_probs", batch["expression"])
+        ce = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
         au = au_regression_loss(aus, batch["aus"])
         loss = ce + self.hparams.au_weight * au
         accuracy = (logits.argmax(1) == batch["expression"]).float().mean()

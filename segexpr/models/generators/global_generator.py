@@ -176,8 +176,14 @@ class GlobalGenerator(nn.Module):
         for block in self.bottleneck:
             h = block(h, code)
         h = self.decoder(h)
-        color = torch.tanh(self.color_head(h))[..., :height, :width]
-        attention = torch.sigmoid(self.attention_head(h))[..., :height, :width]
+        # Both heads as one convolution (their weights concatenated, so the parameters and state dict stay two
+        # heads): a 7x7 convolution with 3 or 1 output channels is launch-bound, and on a CPU the pair cost twice
+        # one 4-channel convolution (4x for the regions' grouped heads); each output channel is unchanged.
+        weight = torch.cat([self.color_head.weight, self.attention_head.weight])
+        bias = torch.cat([self.color_head.bias, self.attention_head.bias])
+        heads = F.conv2d(h, weight, bias, padding=self.color_head.padding)[..., :height, :width]
+        color = torch.tanh(heads[:, :self.in_channels])
+        attention = torch.sigmoid(heads[:, self.in_channels:])
         return color, attention
 
     def forward(self, image: torch.Tensor, code: torch.Tensor, au_free: torch.Tensor | None = None) -> GlobalOutput:
