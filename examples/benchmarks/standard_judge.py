@@ -13,6 +13,10 @@ each; resumable: members already in ``--work-dir`` are loaded, not retrained), t
   (target <= 0.04, i.e. +-0.02) and the gap between the two families' means (target <= 0.10, i.e. +-0.05).
   ``--recognizer`` adds a judge of the critic's family for comparison.
 
+``--judge-seeds``, ``--steps``, ``--blend-fraction`` and ``--crossfade`` override the recipe to try a variant (the
+latter two: partial-expression renders and cross-faded training items, see :mod:`segexpr.evaluation.judge`); a
+``--work-dir`` remembers its recipe (``recipe.json``) and refuses members of another one.
+
 ``--write-judge`` stores the ensemble as the package's standard judge (``segexpr/evaluation/standard_judge/``,
 refused if one is there unless ``--overwrite``). Results go to ``--out-dir`` (default ``docs/results``) as
 ``standard_judge.json`` and ``standard_judge.md``, files this script owns; an existing one is replaced only
