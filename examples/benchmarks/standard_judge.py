@@ -44,6 +44,7 @@ from segexpr.evaluation.judge import (
     STANDARD_JUDGE_DIR,
     STANDARD_RECIPE,
     JudgeEnsemble,
+    recipe_as_json,
     render_training_set,
     save_judge_ensemble,
     train_judge,
@@ -62,7 +63,7 @@ def build_members(recipe: dict[str, Any], work_dir: Path) -> tuple[list[tuple[st
     """Train (or load from ``work_dir``) every (family, seed) of ``recipe``; returns members and training seconds."""
     work_dir.mkdir(parents=True, exist_ok=True)
     # members are cached by family and seed: a work dir must not mix members of different recipes
-    made_by = {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items() if k != "seeds"}
+    made_by = recipe_as_json({k: v for k, v in recipe.items() if k != "seeds"})
     stamp = work_dir / "recipe.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != made_by:
         raise SystemExit(f"{work_dir} holds judges of another recipe ({stamp}); use another --work-dir")
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload = {"command": "python examples/benchmarks/standard_judge.py " + " ".join(map(shlex.quote, argv or
                                                                                             sys.argv[1:])),
                    "date": datetime.date.today().isoformat(), "commit": _commit(), "threads": args.threads,
-                   "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()},
+                   "recipe": recipe_as_json(recipe),
                    "training_seconds": seconds, "targets": TARGETS,
                    "strength": strength(members, ensemble, benchmark),
                    "stability": [stability(c, ensemble, benchmark, tuple(recipe["families"]), args.recognizer)

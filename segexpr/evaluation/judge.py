@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from segexpr.data.synthetic import SyntheticFaces, nearest_expression, render, sample_aus
+from segexpr.data.synthetic import SyntheticFaces, render, sample_aus
 from segexpr.data.transforms import derive_seed
 from segexpr.files import atomic_path, refuse_existing, write_text
 from segexpr.labels import NUM_EXPRESSIONS
@@ -39,7 +39,8 @@ from segexpr.modules.judge import JudgeModule
 from segexpr.ops.pixels import uint8_to_images
 
 __all__ = ["STANDARD_JUDGE_DIR", "STANDARD_RECIPE", "AugmentedRenders", "JudgeEnsemble", "judge_augmentation",
-           "load_judge_ensemble", "render_training_set", "save_judge_ensemble", "standard_judge", "train_judge"]
+           "load_judge_ensemble", "recipe_as_json", "render_training_set", "save_judge_ensemble", "standard_judge",
+           "train_judge"]
 
 #: Where the shipped weights live (package data: ``manifest.json`` and one ``.pt`` per member).
 STANDARD_JUDGE_DIR = Path(__file__).parent / "standard_judge"
@@ -88,8 +89,8 @@ def render_training_set(size: int = 64, length: int = 8000, seed: int = 0,
 
     ``blend_fraction`` of the items (chosen per item, seeded) show a *partial* expression instead: AUs
     ``(1 - t) * a + t * b`` for two faces' AUs ``a``, ``b`` of different expressions (:func:`sample_aus`) and
-    ``t ~ U(0, 1)``, labelled with the prototype nearest to them (:func:`nearest_expression`, SynthFACS's own
-    definition of a face's expression). Why: an edit is a face part-way between two expressions, and a judge
+    ``t ~ U(0, 1)``, labelled with the prototype nearest to them
+    (:func:`~segexpr.data.synthetic.nearest_expression`, SynthFACS's own definition of a face's expression). Why: an edit is a face part-way between two expressions, and a judge
     trained only on full expressions draws the line between them wherever its architecture happens to; trained
     on the path between them, judges learn the same line (the nearest prototype). Off in the shipped recipe:
     it did not bring the two families' readings of the main job's edits together.
@@ -97,24 +98,21 @@ def render_training_set(size: int = 64, length: int = 8000, seed: int = 0,
     if not 0.0 <= blend_fraction <= 1.0:
         raise ValueError(f"blend_fraction must be in [0, 1], got {blend_fraction!r}")
     dataset = SyntheticFaces(size=size, length=length, seed=seed, split="train")
-    images, expressions, aus, identities = [], [], [], []
+    columns: dict[str, list] = {"image": [], "expression": [], "aus": [], "identity": []}
     for i in range(length):
         rng = np.random.default_rng([seed, _BLEND_STREAM, i])
         if rng.random() < blend_fraction:
             first, second = rng.choice(NUM_EXPRESSIONS, size=2, replace=False)
             t = rng.uniform()
             mixed = (1 - t) * sample_aus(rng, int(first)) + t * sample_aus(rng, int(second))
-            sample = render(dataset.identity_of(i), mixed, size)
-            image, expression, au = sample["image"], nearest_expression(sample["aus"]), sample["aus"]
+            sample = render(dataset.identity_of(i), mixed, size)  # its expression: the nearest prototype
         else:
             sample = dataset.sample_numpy(i)
-            image, expression, au = sample["image"], sample["expression"], sample["aus"]
-        images.append(image)
-        expressions.append(int(expression))
-        aus.append(np.asarray(au, dtype=np.float32))
-        identities.append(dataset.identity_of(i))
-    return {"image": np.stack(images), "expression": np.array(expressions, dtype=np.int64),
-            "aus": np.stack(aus), "identity": np.array(identities, dtype=np.int64)}
+        for key, column in columns.items():
+            column.append(sample[key])
+    return {"image": np.stack(columns["image"]), "expression": np.array(columns["expression"], dtype=np.int64),
+            "aus": np.stack(columns["aus"]).astype(np.float32),
+            "identity": np.array(columns["identity"], dtype=np.int64)}
 
 
 class AugmentedRenders(Dataset):
@@ -239,6 +237,11 @@ class JudgeEnsemble(nn.Module):
         return torch.cat([member.features(images) for member in self.members], dim=1)
 
 
+def recipe_as_json(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe (e.g. :data:`STANDARD_RECIPE`) as JSON reads it back: tuples become lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in recipe.items()}
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -260,7 +263,7 @@ def save_judge_ensemble(members: Sequence[tuple[str, int, ExpressionJudge]], fol
             torch.save(state, tmp)
         entries.append({"family": family, "seed": int(seed), "file": name, "image_size": judge.image_size,
                         "sha256": _sha256(folder / name)})
-    text = json.dumps({"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in (recipe or {}).items()},
+    text = json.dumps({"recipe": recipe_as_json(recipe or {}),
                        "members": entries}, indent=2) + "\n"
     return write_text(folder / "manifest.json", text, overwrite=overwrite)
 
