@@ -257,3 +257,15 @@ def test_standard_judge_script_checks_its_overrides_and_work_dir(tmp_path, capsy
     assert seconds == {} and torch.equal(again[0][2].head.weight, members[0][2].head.weight)
     with pytest.raises(SystemExit, match="judges of another recipe"):
         script.build_members(dict(recipe, crossfade=0.5), tmp_path / "work")
+
+
+def test_judge_disagreement_probes_every_member(joint_checkpoint, capsys):
+    from benchmark_scripts import load_benchmark
+
+    rows = load_benchmark("judge_disagreement").main(["--ckpt", str(joint_checkpoint), "--count", "2", "--faces", "3",
+                                                      "--threads", "1"])
+    assert len(rows) == 6 and all(0.0 <= v <= 1.0 for row in rows.values() for v in row.values())
+    # the two halves show different expressions, so no face is read as both
+    assert all(row["half faces read as lower half"] + row["half faces read as upper half"] <= 1 for row in rows.values())
+    printed = capsys.readouterr().out
+    assert "changing edits read as source" in printed and printed.count("| vgg_bn_small seed") == 3
