@@ -1,6 +1,7 @@
 """AffectNet loader against trees written by ``segexpr export-synthetic --format affectnet[-npy]``."""
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -54,13 +55,13 @@ def test_splits_and_dropped_codes(exported):
 
 def test_landmarks_land_in_crop_coordinates(exported):
     gt = load_ground_truth(exported)
-    # margin 0 at the face's own size: the crop is exactly the pasted face
+    # margin 0: the crop is exactly the face box, resized to SIZE
     ds = AffectNet(exported, "train", image_size=SIZE, margin=0.0)
     for i in range(len(ds)):
         item = ds[i]
         r = _gt_row(gt, ds.ids[i])
-        x, y = gt["box"][r][:2]
-        want = gt["landmarks"][r] - np.array([x, y], np.float32)
+        x, y, side = gt["box"][r][:3]
+        want = (gt["landmarks"][r] - np.array([x, y], np.float32)) * (SIZE / side)
         np.testing.assert_allclose(item["landmarks"].numpy(), want, atol=2e-3)
         assert item["expression"].item() == gt["expression"][r]
         assert item["valence"].item() == pytest.approx(gt["valence"][r], abs=1e-5)
@@ -92,11 +93,32 @@ def test_face_crop_matches_pasted_face(exported):
     ds = AffectNet(exported, "val", image_size=SIZE, margin=0.0)
     r = _gt_row(gt, ds.ids[0])
     x, y, w, h = gt["box"][r]
-    canvas = np.asarray(Image.open(ds.records[0].path).convert("RGB"), np.float32)
-    want = canvas[y:y + h, x:x + w] / 127.5 - 1
+    canvas = Image.open(ds.records[0].path).convert("RGB")
+    # resized as the loader's transform resizes (cv2 INTER_AREA)
+    want = cv2.resize(np.asarray(canvas.crop((x, y, x + w, y + h))), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    want = want.astype(np.float32) / 127.5 - 1
+    canvas = np.asarray(canvas, np.float32)
     got = ds[0]["image"].permute(1, 2, 0).numpy()
     assert np.abs(got - want).mean() < 0.02
     assert np.abs(got - canvas[:SIZE, :SIZE] / 127.5 + 1).mean() > 0.05  # not just the canvas corner
+
+
+def test_default_crop_is_the_render_as_synthfacs_frames_it(exported):
+    """The exported face box is the render shrunk by the default margin, so the loader's default crop is the
+    pasted render (to within a pixel of rounding), not the render inside a band of canvas."""
+    gt = load_ground_truth(exported)
+    ds = AffectNet(exported, "train", image_size=SIZE)  # default margin
+    for i in range(len(ds)):
+        r = _gt_row(gt, ds.ids[i])
+        canvas = Image.open(ds.records[i].path).size
+        x0, y0, x1, y1 = crop_box(tuple(float(v) for v in gt["box"][r]), canvas, ds.margin)
+        ox, oy, size, _ = (int(v) for v in gt["render_box"][r])
+        assert max(abs(x0 - ox), abs(y0 - oy), abs(x1 - ox - size), abs(y1 - oy - size)) <= 1
+    r = _gt_row(gt, ds.ids[0])
+    ox, oy, size, _ = (int(v) for v in gt["render_box"][r])
+    canvas = np.asarray(Image.open(ds.records[0].path).convert("RGB"), np.float32)
+    want = torch.from_numpy(canvas[oy:oy + size, ox:ox + size] / 127.5 - 1).permute(2, 0, 1)
+    assert (ds[0]["image"] - want).abs().mean() < 0.05
 
 
 def test_missing_valence_is_nan(tree):

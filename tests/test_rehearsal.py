@@ -64,3 +64,18 @@ def test_rehearsal_never_replaces_existing_outputs_without_overwrite(tmp_path):
         rehearsal.main(["--tiny", "--batches", "2", "--configs", "celebamask_hq", "--work-dir", str(work),
                         "--out", str(page)])
     assert page.read_text() == "hand-written reading" and not work.exists()  # refused before any work
+
+
+def test_rehearsal_set_changes_a_config_value_and_is_checked(tmp_path):
+    """``--set KEY=VALUE`` reaches the config (here the GAN data's augmentation, which the config sets to flips
+    only); a malformed one is refused before any work."""
+    rehearsal = load_benchmark("real_layout_rehearsal")
+    roots = {"affectnet": tmp_path / "affectnet", "celebamask-hq": tmp_path / "celebamask-hq"}
+    _, data = rehearsal.build("affectnet_celebamask_hq", roots, rehearsal.parse_args(["--size", "32"]))
+    assert data.expression.augment == "flip" and data.parsing.augment is True
+    args = rehearsal.parse_args(["--size", "32", "--set", "data.init_args.expression.init_args.augment=false"])
+    _, data = rehearsal.build("affectnet_celebamask_hq", roots, args)
+    assert data.expression.augment is False and data.parsing.augment is True
+    for bad in ("data.init_args.expression.init_args.augment", "--trainer.devices=2"):
+        with pytest.raises(SystemExit):
+            rehearsal.parse_args(["--set", bad])

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from segexpr.data.labels import CLASS_INDEX, FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
-from segexpr.data.transforms import FaceHorizontalFlip, build_transforms, derive_seed, to_batch_tensors
+from segexpr.data.affectnet import AffectNetDataModule
+from segexpr.data.transforms import (FaceHorizontalFlip, build_transforms, check_augment, derive_seed, split_transforms,
+                                     to_batch_tensors)
 
 import albumentations as A
 
@@ -117,3 +119,30 @@ def test_to_batch_tensors_and_derive_seed():
     out = to_batch_tensors({"image": np.full((4, 4, 3), 255, np.uint8), "mask": np.ones((4, 4), np.uint8)})
     assert torch.all(out["image"] == 1.0) and out["mask"].dtype == torch.int64
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+
+
+def test_split_transforms_flip_only_mirrors_and_nothing_else():
+    """``augment="flip"`` (the GAN configs'): each training item is the resized image or its exact mirror (no
+    rotation, no colour change); ``True`` also warps and recolours; other splits and ``False`` only resize."""
+    sample = _sample()
+    plain = split_transforms(32, "val", "flip")(sample, seed=0)["image"]
+    mirrored = torch.flip(plain, dims=[2])
+    flips = 0
+    for seed in range(20):
+        out = split_transforms(32, "train", "flip")(sample, seed=seed)["image"]
+        same, mirror = torch.equal(out, plain), torch.equal(out, mirrored)
+        assert same or mirror
+        flips += mirror
+        assert torch.equal(split_transforms(32, "train", False)(sample, seed=seed)["image"], plain)
+    assert 0 < flips < 20
+    full = [split_transforms(32, "train", True)(sample, seed=s)["image"] for s in range(5)]
+    assert not any(torch.equal(x, plain) or torch.equal(x, mirrored) for x in full)
+
+
+@pytest.mark.parametrize("bad", ["rotate", 1, None, "true"])
+def test_augment_choices_are_checked(bad):
+    assert [check_augment(v) for v in (True, False, "flip")] == [True, False, "flip"]
+    with pytest.raises(ValueError, match="augment must be true .* 'flip'"):
+        check_augment(bad)
+    with pytest.raises(ValueError, match="augment must be"):
+        AffectNetDataModule(root="unused", augment=bad)  # refused when built, before any data is read

@@ -5,7 +5,8 @@
 For each real-data config (``examples/configs/*.yaml``) the script exports SynthFACS in that dataset's release
 layout (``segexpr export-synthetic``), builds the config's model and DataModule through LightningCLI with
 CPU-sized overrides for *widths, image size and batch size only* (losses, tasks, ``lambda_paired`` = 0, learning
-rates, ``n_critic`` are the config's), trains for a budget in training batches, and evaluates with the SynthFACS
+rates, ``n_critic``, augmentation are the config's; ``--set KEY=VALUE`` changes one on purpose, and says so in the
+printed command), trains for a budget in training batches, and evaluates with the SynthFACS
 edit benchmark on held-out (``test``-split) identities, judged by the standard judge
 (:func:`segexpr.evaluation.standard_judge`, never the critic's family): judged expression accuracy of label
 edits, AU error, unwanted change, transfer AU error and the segmenter's parsing mIoU before and after training.
@@ -52,8 +53,10 @@ RECIPES: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
         "data.init_args.expression.init_args.root": "ganimation", "data.init_args.parsing.init_args.root": "celebamask-hq"}),
     "celebamask_hq": (("celebamask-hq",), {"data.init_args.root": "celebamask-hq"}),
 }
-#: SynthFACS images exported per layout (RaFD: subjects x 24 images)
-COUNTS = {"affectnet": 1500, "celebamask-hq": 600, "rafd": 40, "ganimation": 1200}
+#: SynthFACS images exported per layout (RaFD: subjects x 24 images, as many subjects as the release's 67).
+#: Large enough that a 3000-batch run of 8 sees most images about twice (AffectNet, GANimation), not a few
+#: hundred images over and over, which no real-data user trains on.
+COUNTS = {"affectnet": 10000, "celebamask-hq": 5000, "rafd": 67, "ganimation": 10000}
 #: The reference: the main job's config, whose network widths every rehearsal run uses.
 MAIN_JOB = CONFIGS / "synthetic.yaml"
 #: Network keys that are the config's recipe, not its width: kept from the config being rehearsed.
@@ -90,6 +93,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the main job's judged expression accuracy (standard judge, same size and widths)")
     parser.add_argument("--main-job-json", type=Path, default=None,
                         help="or: a segexpr evaluate JSON of the main job's checkpoint to read it from")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value to change for every config, as LightningCLI's --KEY VALUE (e.g. "
+                             "data.init_args.expression.init_args.augment=false); repeatable; printed in the command")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/rehearsal"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown table")
@@ -99,6 +105,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batches < 1:
         parser.error(f"--batches must be >= 1, got {args.batches}")
+    for setting in args.settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key or key.startswith("-"):
+            parser.error(f"--set takes KEY=VALUE (a LightningCLI key without its leading --), got {setting!r}")
     if args.main_job_json is not None:
         if args.main_job_accuracy is not None:
             parser.error("give --main-job-accuracy or --main-job-json, not both")
@@ -125,7 +135,11 @@ def build(config: str, roots: dict[str, Path], args: argparse.Namespace):
         over += ["--data.init_args.aus", str(roots["celebamask-hq"] / "aus_openface.pkl")]
     trainer = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
                "--trainer.logger", "false", "--trainer.callbacks", "null"]
-    cli = lightning_cli(["--config", str(CONFIGS / f"{config}.yaml"), *over, *trainer], run=False)
+    settings = []
+    for setting in args.settings:
+        key, _, value = setting.partition("=")
+        settings += [f"--{key}", value]
+    cli = lightning_cli(["--config", str(CONFIGS / f"{config}.yaml"), *over, *settings, *trainer], run=False)
     return cli.model, cli.datamodule
 
 

@@ -49,7 +49,7 @@ from PIL import Image
 
 from .base import EpochSampler, FaceDataModule, IndexedFaceDataset
 from segexpr.labels import AFFECTNET_CODES, NUM_EXPRESSIONS
-from .transforms import build_transforms
+from .transforms import build_transforms, check_augment, split_transforms
 from .validation import (
     DatasetValidationError,
     Problem,
@@ -311,6 +311,10 @@ def read_npy_release(split_dir: str | os.PathLike, problems: ProblemCollector,
     return records, dropped
 
 
+#: Default crop margin of the AffectNet loaders, a fraction of the squared face box's side.
+DEFAULT_MARGIN = 0.1
+
+
 def crop_box(box: tuple[float, float, float, float], image_size: tuple[int, int], margin: float,
              square: bool = True) -> tuple[int, int, int, int]:
     """Integer crop ``(x0, y0, x1, y1)`` around face box ``(x, y, w, h)``: squared (longer side), grown by
@@ -352,7 +356,7 @@ class AffectNet(IndexedFaceDataset):
         image_size: int = 128,
         classes: Literal[7, 8] = 8,
         crop: Literal["box", "none"] = "box",
-        margin: float = 0.1,
+        margin: float = DEFAULT_MARGIN,
         release: Literal["auto", "csv", "npy"] = "auto",
         image_dir: str | os.PathLike | None = None,
         skip_invalid: bool = False,
@@ -448,7 +452,8 @@ class AffectNetDataModule(FaceDataModule):
         release: ``"auto"``, ``"csv"``, ``"npy"``.
         skip_invalid, verify: bad-input handling (see :mod:`segexpr.data.validation`).
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id (file stem).
-        augment: train-time augmentation.
+        augment: train-time augmentation: ``true`` flip (with l/r swaps) + small affine + colour jitter,
+            ``"flip"`` flips only (StarGAN's and GANimation's), ``false`` none.
         batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`.
 
     Test (and predict) use the validation set: AffectNet has no public test split.
@@ -460,13 +465,13 @@ class AffectNetDataModule(FaceDataModule):
         image_size: int = 128,
         classes: int = 8,
         crop: Literal["box", "none"] = "box",
-        margin: float = 0.1,
+        margin: float = DEFAULT_MARGIN,
         balanced: bool = False,
         release: Literal["auto", "csv", "npy"] = "auto",
         skip_invalid: bool = False,
         verify: VerifyLevel = "header",
         aus: str | None = None,
-        augment: bool = True,
+        augment: bool | Literal["flip"] = True,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -480,12 +485,12 @@ class AffectNetDataModule(FaceDataModule):
             raise ValueError(f"classes must be 7 or 8, got {classes!r}")
         self.root, self.classes, self.crop, self.margin = root, classes, crop, margin
         self.balanced, self.release, self.skip_invalid, self.verify = balanced, release, skip_invalid, verify
-        self.aus, self.augment = aus, augment
+        self.aus, self.augment = aus, check_augment(augment)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         split = "test" if split == "predict" else split
         ds = AffectNet(self.root, split=split,
-                       transform=build_transforms(self.image_size, train=split == "train" and self.augment),
+                       transform=split_transforms(self.image_size, split, self.augment),
                        classes=self.classes, crop=self.crop, margin=self.margin, release=self.release,
                        skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)
         return self.attach_aus(ds, self.aus, self.skip_invalid)

@@ -41,7 +41,7 @@ from PIL import Image
 
 from .base import FaceDataModule, IndexedFaceDataset
 from segexpr.labels import A_TO_B, B_TO_A, CELEBAMASK_HQ_PARTS, NUM_CLASSES
-from .transforms import build_transforms
+from .transforms import build_transforms, check_augment, split_transforms
 from .validation import (
     CorruptImageError,
     ProblemCollector,
@@ -397,7 +397,8 @@ class CelebAMaskHQDataModule(FaceDataModule):
         verify: ``"header"`` / ``"full"`` / ``"none"`` image checks.
         predict_split: which split ``predict`` uses (default ``"test"``).
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id.
-        augment: train-time augmentation (flip with l/r swap, affine, colour jitter).
+        augment: train-time augmentation: ``true`` flip (with l/r swaps) + small affine + colour jitter,
+            ``"flip"`` flips only (StarGAN's and GANimation's), ``false`` none.
         batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`.
     """
 
@@ -412,7 +413,7 @@ class CelebAMaskHQDataModule(FaceDataModule):
         verify: VerifyLevel = "header",
         predict_split: str = "test",
         aus: str | None = None,
-        augment: bool = True,
+        augment: bool | Literal["flip"] = True,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -430,12 +431,12 @@ class CelebAMaskHQDataModule(FaceDataModule):
         self.verify = verify
         self.predict_split = predict_split
         self.aus = aus
-        self.augment = augment
+        self.augment = check_augment(augment)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         split = self.predict_split if split == "predict" else split
         ds = CelebAMaskHQ(
-            self.root, split=split, transform=build_transforms(self.image_size, train=split == "train" and self.augment),
+            self.root, split=split, transform=split_transforms(self.image_size, split, self.augment),
             label_order=self.label_order, list_file=self.list_file, cache_dir=self.cache_dir,
             skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)
         return self.attach_aus(ds, self.aus, self.skip_invalid)

@@ -10,7 +10,9 @@ handling) is tested against data laid out exactly like the releases, with exact 
   (at least one image each), and ``CelebAMask-HQ-attribute-anno.txt`` (a ``Smiling`` column).
 * ``affectnet``: the original CSV release: ``Manually_Annotated_file_lists/{training,validation}.csv`` (with
   header) and ``Manually_Annotated_Images/<subdir>/<hash>.jpg``. Each face (``S`` px) is pasted at a random
-  offset on a larger canvas with a random background; box and landmarks are in canvas pixels. Every 10th row
+  offset on a larger canvas with a random background; box and landmarks are in canvas pixels. The face box is
+  the render shrunk by the loaders' default margin, so their default crop is the render as SynthFACS frames it
+  (the ground truth keeps the render's square as ``render_box``). Every 10th row
   is a code 8-10 (None/Uncertain/Non-Face, valence/arousal -2) that loaders must drop.
 * ``affectnet-npy``: the 8-class release ``{train_set,val_set}/images/<id>.jpg`` + ``annotations/<id>_{exp,
   val,aro,lnd}.npy`` (``exp``/``val``/``aro`` numpy strings).
@@ -46,6 +48,7 @@ import torch
 from PIL import Image
 
 from ..files import staged_folder
+from .affectnet import DEFAULT_MARGIN
 from segexpr.labels import (
     CELEBAMASK_HQ_PARTS,
     CLASS_INDEX,
@@ -185,7 +188,7 @@ def _va(expression: int, rng: np.random.Generator) -> tuple[float, float]:
 def _export_affectnet(out: Path, count: int, size: int, rng: np.random.Generator) -> dict[str, Any]:
     n_train, n_val = _split_counts(count, [0.8, 0.2])
     gt: dict[str, list] = {k: [] for k in ("ids", "split", "identity", "expression", "aus", "landmarks",
-                                          "box", "canvas_size", "valence", "arousal")}
+                                          "box", "render_box", "canvas_size", "valence", "arousal")}
     rows: dict[str, list[str]] = {"training": [], "validation": []}
     for i in range(count):
         split = "training" if i < n_train else "validation"
@@ -207,10 +210,15 @@ def _export_affectnet(out: Path, count: int, size: int, rng: np.random.Generator
         landmarks = face["landmarks"] + np.array([ox, oy], np.float32)
         valence, arousal = _va(expression, rng) if code < 8 else (-2.0, -2.0)
         lm_text = ";".join(f"{v:.3f}" for v in landmarks.reshape(-1))
-        rows[split].append(f"{subdir}/{name}.jpg,{ox},{oy},{size},{size},{lm_text},{code},{valence:.6f},{arousal:.6f}")
+        # The face box a detector would give: the loaders' default crop (box + DEFAULT_MARGIN on each side)
+        # is then the render itself, framed as SynthFACS frames it (to within a pixel of rounding).
+        side = round(size / (1 + 2 * DEFAULT_MARGIN))
+        bx, by = ox + (size - side) // 2, oy + (size - side) // 2
+        rows[split].append(f"{subdir}/{name}.jpg,{bx},{by},{side},{side},{lm_text},{code},{valence:.6f},{arousal:.6f}")
         for key, value in (("ids", name), ("split", "train" if split == "training" else "val"),
                            ("identity", identity), ("expression", code), ("aus", aus), ("landmarks", landmarks),
-                           ("box", (ox, oy, size, size)), ("canvas_size", (width, height)),
+                           ("box", (bx, by, side, side)), ("render_box", (ox, oy, size, size)),
+                           ("canvas_size", (width, height)),
                            ("valence", valence), ("arousal", arousal)):
             gt[key].append(value)
     lists = out / "Manually_Annotated_file_lists"

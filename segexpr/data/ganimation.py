@@ -15,14 +15,14 @@ them (``skip_invalid=True`` skips and logs them).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from .aus import read_ganimation_pkl
 from .base import FaceDataModule, IndexedFaceDataset
-from .transforms import build_transforms
+from .transforms import check_augment, split_transforms
 from .validation import ProblemCollector, VerifyLevel, check_images, keep_indices, load_rgb, safe_join
 
 __all__ = ["GANimationFaces", "GANimationDataModule", "read_ids"]
@@ -93,20 +93,21 @@ class GANimationDataModule(FaceDataModule):
         image_size: side of the square images the loaders yield (GANimation: 128).
         val_fraction: share of the train ids held out for validation (seeded by ``seed``).
         skip_invalid, verify: see :class:`~segexpr.data.affectnet.AffectNetDataModule`.
-        augment: train-time augmentation (:func:`~segexpr.data.transforms.build_transforms`).
+        augment: train-time augmentation: ``true`` flip (with l/r swaps) + small affine + colour jitter,
+            ``"flip"`` flips only (StarGAN's and GANimation's), ``false`` none.
         batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`.
     """
 
     def __init__(self, root: str, image_size: int = 128, val_fraction: float = 0.05, skip_invalid: bool = False,
-                 verify: VerifyLevel = "header", augment: bool = True, batch_size: int = 16, num_workers: int = 0,
+                 verify: VerifyLevel = "header", augment: bool | Literal["flip"] = True, batch_size: int = 16, num_workers: int = 0,
                  pin_memory: bool = False, seed: int = 0, references: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
                          image_size=image_size, references=references)
         self.save_hyperparameters()
         self.root, self.val_fraction, self.skip_invalid = root, val_fraction, skip_invalid
-        self.verify, self.augment = verify, augment
+        self.verify, self.augment = verify, check_augment(augment)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         split = "test" if split == "predict" else split
-        return GANimationFaces(self.root, split, build_transforms(self.image_size, train=split == "train" and self.augment),
+        return GANimationFaces(self.root, split, split_transforms(self.image_size, split, self.augment),
                                self.val_fraction, self.skip_invalid, self.verify, self.seed)

@@ -38,7 +38,7 @@ import torch
 
 from .base import FaceDataModule, IndexedFaceDataset
 from segexpr.labels import EXPRESSIONS
-from .transforms import build_transforms
+from .transforms import build_transforms, check_augment, split_transforms
 from .validation import (
     DatasetValidationError,
     Problem,
@@ -296,7 +296,8 @@ class RaFDDataModule(FaceDataModule):
         crop: see :class:`RaFD`.
         skip_invalid, verify: bad-input handling.
         aus: optional AU annotations (``.pkl``, OpenFace CSV dir, or mapping) attached by image id (file stem).
-        augment: train-time augmentation.
+        augment: train-time augmentation: ``true`` flip (with l/r swaps) + small affine + colour jitter,
+            ``"flip"`` flips only (StarGAN's and GANimation's), ``false`` none.
         batch_size, num_workers, pin_memory, seed, references: see :class:`~segexpr.data.base.FaceDataModule`; ``seed``
             also seeds the subject split.
     """
@@ -313,7 +314,7 @@ class RaFDDataModule(FaceDataModule):
         skip_invalid: bool = False,
         verify: VerifyLevel = "header",
         aus: str | None = None,
-        augment: bool = True,
+        augment: bool | Literal["flip"] = True,
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -325,12 +326,12 @@ class RaFDDataModule(FaceDataModule):
         self.save_hyperparameters()
         self.root, self.angles, self.gazes = root, tuple(angles), tuple(gazes)
         self.val_fraction, self.test_fraction, self.crop = val_fraction, test_fraction, crop
-        self.skip_invalid, self.verify, self.aus, self.augment = skip_invalid, verify, aus, augment
+        self.skip_invalid, self.verify, self.aus, self.augment = skip_invalid, verify, aus, check_augment(augment)
 
     def build_dataset(self, split: str) -> torch.utils.data.Dataset:
         split = "test" if split == "predict" else split
         ds = RaFD(self.root, split=split,
-                  transform=build_transforms(self.image_size, train=split == "train" and self.augment),
+                  transform=split_transforms(self.image_size, split, self.augment),
                   angles=self.angles, gazes=self.gazes, val_fraction=self.val_fraction,
                   test_fraction=self.test_fraction, split_seed=self.seed, crop=self.crop,
                   skip_invalid=self.skip_invalid, verify=self.verify, seed=self.seed)

@@ -28,7 +28,8 @@ import torch
 from segexpr.labels import FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
 from segexpr.ops.pixels import uint8_to_images
 
-__all__ = ["FaceHorizontalFlip", "FaceTransform", "build_transforms", "derive_seed", "to_batch_tensors"]
+__all__ = ["AUGMENT_CHOICES", "FaceHorizontalFlip", "FaceTransform", "build_transforms", "check_augment", "derive_seed",
+           "split_transforms", "to_batch_tensors"]
 
 #: Keys that hold RGB images rendered with the same geometry as ``image`` (they get the same augmentation).
 ALIGNED_IMAGE_KEYS: tuple[str, ...] = ("transfer_target", "edit_target")
@@ -280,3 +281,27 @@ def build_transforms(
     input/output contract."""
     return FaceTransform(image_size, train, flip_p=flip_p, affine=affine, color_jitter=color_jitter,
                          scale=scale, rotate=rotate, translate=translate, jitter_p=jitter_p)
+
+
+#: The DataModules' ``augment`` values: ``True`` the full pipeline (flip + affine + colour jitter), ``"flip"``
+#: horizontal flips only (StarGAN's and GANimation's training augmentation), ``False`` none.
+AUGMENT_CHOICES = (True, "flip", False)
+
+
+def check_augment(augment: Any, key: str = "augment") -> bool | str:
+    """``augment`` if it is one of :data:`AUGMENT_CHOICES`, else a ``ValueError`` naming ``key``."""
+    if not any(augment is c if isinstance(c, bool) else augment == c for c in AUGMENT_CHOICES):
+        raise ValueError(f"{key} must be true (flip + affine + colour jitter), 'flip' (flips only) or false, "
+                         f"got {augment!r}")
+    return augment
+
+
+def split_transforms(image_size: int, split: str, augment: bool | str = True) -> FaceTransform:
+    """A DataModule's transform for ``split``: the training split augmented as ``augment`` says (see
+    :data:`AUGMENT_CHOICES`); every other split resized and normalised only."""
+    augment = check_augment(augment)
+    if split != "train" or augment is False:
+        return build_transforms(image_size, train=False)
+    if augment == "flip":
+        return build_transforms(image_size, train=True, affine=False, color_jitter=False)
+    return build_transforms(image_size, train=True)
