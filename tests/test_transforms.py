@@ -5,6 +5,7 @@ import torch
 
 from segexpr.data.labels import CLASS_INDEX, FLIP_CLASS_PERMUTATION, IBUG_FLIP_PERMUTATION
 from segexpr.data.affectnet import AffectNetDataModule
+from segexpr.data.synthetic import SyntheticFacesDataModule
 from segexpr.data.transforms import (FaceHorizontalFlip, build_transforms, check_augment, derive_seed, split_transforms,
                                      to_batch_tensors)
 
@@ -146,3 +147,12 @@ def test_augment_choices_are_checked(bad):
         check_augment(bad)
     with pytest.raises(ValueError, match="augment must be"):
         AffectNetDataModule(root="unused", augment=bad)  # refused when built, before any data is read
+    with pytest.raises(ValueError, match="augment must be"):
+        SyntheticFacesDataModule(size=32, augment=bad)
+
+
+def test_synthetic_datamodule_takes_flip_only_augmentation():
+    dm = SyntheticFacesDataModule(size=32, train_length=4, val_length=2, test_length=2, augment="flip")
+    transform = dm.build_dataset("train").transform
+    assert transform.train and len(transform.compose.transforms) == 2  # resize + flip, no affine or jitter
+    assert dm.build_dataset("val").transform is None

@@ -105,10 +105,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batches < 1:
         parser.error(f"--batches must be >= 1, got {args.batches}")
-    for setting in args.settings:
+    pairs = []
+    for setting in args.settings:  # kept as (key, value) pairs, parsed once
         key, sep, value = setting.partition("=")
         if not sep or not key or key.startswith("-"):
             parser.error(f"--set takes KEY=VALUE (a LightningCLI key without its leading --), got {setting!r}")
+        pairs.append((key, value))
+    args.settings = pairs
     if args.main_job_json is not None:
         if args.main_job_accuracy is not None:
             parser.error("give --main-job-accuracy or --main-job-json, not both")
@@ -135,10 +138,7 @@ def build(config: str, roots: dict[str, Path], args: argparse.Namespace):
         over += ["--data.init_args.aus", str(roots["celebamask-hq"] / "aus_openface.pkl")]
     trainer = ["--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
                "--trainer.logger", "false", "--trainer.callbacks", "null"]
-    settings = []
-    for setting in args.settings:
-        key, _, value = setting.partition("=")
-        settings += [f"--{key}", value]
+    settings = [part for key, value in args.settings for part in (f"--{key}", value)]
     cli = lightning_cli(["--config", str(CONFIGS / f"{config}.yaml"), *over, *settings, *trainer], run=False)
     return cli.model, cli.datamodule
 

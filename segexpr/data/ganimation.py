@@ -99,8 +99,8 @@ class GANimationDataModule(FaceDataModule):
     """
 
     def __init__(self, root: str, image_size: int = 128, val_fraction: float = 0.05, skip_invalid: bool = False,
-                 verify: VerifyLevel = "header", augment: bool | Literal["flip"] = True, batch_size: int = 16, num_workers: int = 0,
-                 pin_memory: bool = False, seed: int = 0, references: bool = False) -> None:
+                 verify: VerifyLevel = "header", augment: bool | Literal["flip"] = True, batch_size: int = 16,
+                 num_workers: int = 0, pin_memory: bool = False, seed: int = 0, references: bool = False) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
                          image_size=image_size, references=references)
         self.save_hyperparameters()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -34,7 +34,8 @@ from torch.utils.data import Dataset
 from segexpr.data.base import FaceDataModule
 from segexpr.labels import (AU_INDEX, CLASS_INDEX, NUM_AUS, NUM_EXPRESSIONS,
                                  expression_prototype)
-from segexpr.data.transforms import FaceTransform, build_transforms, derive_seed, to_batch_tensors
+from segexpr.data.transforms import (FaceTransform, build_transforms, check_augment, derive_seed, split_transforms,
+                                     to_batch_tensors)
 
 __all__ = [
     "HAIR_STYLES", "IdentityParams", "MAX_IDENTITY", "SPLIT_IDENTITY_OFFSET", "SyntheticFaces",
@@ -826,8 +827,9 @@ class SyntheticFacesDataModule(FaceDataModule):
         train_length, val_length, test_length: items per split (predict uses the test length).
         seed: base seed (items, shuffling, augmentation).
         pairs: yield paired items (``reference_*``, ``transfer_target``, ``edit_expression``, ``edit_target``).
-        augment: train split uses ``build_transforms(image_size, train=True)``; val/test/predict use the eval
-            transform (resize only), or none when ``size == image_size``.
+        augment: the train split's augmentation: ``true`` flip + small affine + colour jitter, ``"flip"`` flips
+            only, ``false`` none (:func:`~segexpr.data.transforms.split_transforms`); val/test/predict use the
+            eval transform (resize only), or none when ``size == image_size``.
         identities: identity pool size per split (default ``length // 10`` of each split).
         train_answers: with ``pairs``, the train split renders the edits' answers too (``transfer_target``,
             ``edit_target``): only a paired loss (``JointModule(lambda_paired > 0)``) and the training diagnostics
@@ -836,7 +838,8 @@ class SyntheticFacesDataModule(FaceDataModule):
     """
 
     def __init__(self, size: int = 128, train_length: int = 10000, val_length: int = 500, test_length: int = 500,
-                 seed: int = 0, pairs: bool = False, augment: bool = True, identities: int | None = None,
+                 seed: int = 0, pairs: bool = False, augment: bool | Literal["flip"] = True,
+                 identities: int | None = None,
                  batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False,
                  image_size: int | None = None, references: bool = False, train_answers: bool = True) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed,
@@ -853,12 +856,12 @@ class SyntheticFacesDataModule(FaceDataModule):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.lengths = {"train": train_length, "val": val_length, "test": test_length, "predict": test_length}
-        self.pairs, self.augment, self.identities = pairs, augment, identities
+        self.pairs, self.augment, self.identities = pairs, check_augment(augment), identities
         self.train_answers = bool(train_answers)
 
     def build_dataset(self, split: str) -> SyntheticFaces:
-        if split == "train" and self.augment:
-            transform: FaceTransform | None = build_transforms(self.image_size, train=True)
+        if split == "train" and self.augment is not False:
+            transform: FaceTransform | None = split_transforms(self.image_size, split, self.augment)
         elif self.size != self.image_size:
             transform = build_transforms(self.image_size, train=False)
         else:
