@@ -79,3 +79,21 @@ def test_rehearsal_set_changes_a_config_value_and_is_checked(tmp_path):
     for bad in ("data.init_args.expression.init_args.augment", "--trainer.devices=2"):
         with pytest.raises(SystemExit):
             rehearsal.parse_args(["--set", bad])
+
+
+def test_rehearsal_count_sets_the_export_size_and_refuses_a_stale_export(tmp_path):
+    """``--count LAYOUT=N`` changes how many images a layout's export holds; a work dir whose earlier export
+    holds another number is refused (it would silently change what the run trains on), before training."""
+    rehearsal = load_benchmark("real_layout_rehearsal")
+    args = rehearsal.parse_args(["--count", "celebamask-hq=7"])
+    assert args.counts["celebamask-hq"] == 7 and args.counts["affectnet"] == rehearsal.COUNTS["affectnet"]
+    for bad in ("celebamask-hq", "celebamask=7", "celebamask-hq=0", "rafd=x"):
+        with pytest.raises(SystemExit):
+            rehearsal.parse_args(["--count", bad])
+    from segexpr.data.export import export_synthetic
+
+    root = tmp_path / "celebamask-hq"
+    export_synthetic("celebamask-hq", root, 3, 32, seed=0)
+    rehearsal.check_export_count(root, "celebamask-hq", 3)
+    with pytest.raises(SystemExit, match=r"holds an export of 3 celebamask-hq images.*asks for 7"):
+        rehearsal.check_export_count(root, "celebamask-hq", 7)

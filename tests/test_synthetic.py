@@ -99,6 +99,35 @@ def test_changeable_area_fraction_of_the_face():
     assert 0.3 < np.mean(fractions) < 0.76
 
 
+def _changeable_area_by_definition(identity: int, size: int) -> np.ndarray:
+    """The changeable area as its docstring defines it, computed plainly: the convex hull of every filled zone
+    shape and of every stroke segment over all zone samples, each hull from all its points, then the margin."""
+    from segexpr.data.synthetic import _SHIFT, _ZONE_CURVES, _ZONE_POLYGONS, _ZONE_SAMPLES, _geometry
+
+    p = identity_params(identity)
+    shapes, _ = _geometry(p, _ZONE_SAMPLES)
+    frame, area = _Frame(p, size), np.zeros((size, size), np.uint8)
+
+    def fill(points):
+        cv2.fillConvexPoly(area, cv2.convexHull(_Canvas._fixed(frame(points.reshape(-1, 2)))), 1, cv2.LINE_8, _SHIFT)
+
+    for _, parts in _ZONE_POLYGONS:
+        fill(np.concatenate([shapes[k][:, ::-1] if rev else shapes[k] for k, rev in parts], 1))
+    for name in _ZONE_CURVES:
+        for i in range(shapes[name].shape[1] - 1):
+            fill(shapes[name][:, i:i + 2])
+    margin = max(2, round(size / 64))
+    return cv2.dilate(area, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1,) * 2)).astype(bool)
+
+
+@pytest.mark.parametrize("size", [33, 64, 128])
+def test_changeable_area_is_its_definition_exactly(size):
+    """The renderer's faster area (distinct points first, one sort for all hulls) is the plain one, pixel for
+    pixel: every render is composited through it, so any difference would change SynthFACS itself."""
+    for identity in (0, 7, 123, SPLIT_IDENTITY_OFFSET["test"] + 5):
+        assert np.array_equal(changeable_area(identity, size), _changeable_area_by_definition(identity, size))
+
+
 def test_landmarks_lie_on_their_parts():
     for identity in range(6):
         sample = render(identity, expression_prototype("surprise"), 128)

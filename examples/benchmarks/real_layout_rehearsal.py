@@ -18,7 +18,8 @@ Prints one markdown table and writes it to ``--out`` (default ``docs/results/rea
 the script owns) with the same numbers as JSON beside it (``.json``: one object per config). The outputs and
 the configs' checkpoints in ``--work-dir`` are checked before any work: one that exists is an error naming it
 unless ``--overwrite``; they are written atomically. The exports in ``--work-dir`` are a cache, made when
-missing and reused.
+missing and reused; ``--count LAYOUT=N`` exports another number of images than :data:`COUNTS`, and a cached
+export of another size is refused (the table and JSON say what each run exported).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ import yaml
 
 from segexpr.callbacks import BatchBudget
 from segexpr.cli import lightning_cli, torch_threads
-from segexpr.data.export import export_synthetic
+from segexpr.data.export import GROUND_TRUTH_FILE, export_synthetic, load_ground_truth
 from segexpr.evaluation import SynthFACSEditBenchmark, standard_judge
 from segexpr.files import atomic_path, refuse_existing, write_text
 
@@ -96,6 +97,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="a config value to change for every config, as LightningCLI's --KEY VALUE (e.g. "
                              "data.init_args.expression.init_args.augment=false); repeatable; printed in the command")
+    parser.add_argument("--count", dest="counts", action="append", default=[], metavar="LAYOUT=N",
+                        help=f"images to export for a layout instead of the default {COUNTS}; repeatable")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=Path("runs/rehearsal"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the markdown table")
@@ -112,6 +115,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--set takes KEY=VALUE (a LightningCLI key without its leading --), got {setting!r}")
         pairs.append((key, value))
     args.settings = pairs
+    counts = dict(COUNTS)
+    for setting in args.counts:
+        layout, sep, value = setting.partition("=")
+        if not sep or layout not in COUNTS or not value.isdigit() or int(value) < 1:
+            parser.error(f"--count takes LAYOUT=N with LAYOUT one of {sorted(COUNTS)} and N >= 1, got {setting!r}")
+        counts[layout] = int(value)
+    args.counts = counts
     if args.main_job_json is not None:
         if args.main_job_accuracy is not None:
             parser.error("give --main-job-accuracy or --main-job-json, not both")
@@ -167,13 +177,15 @@ def planned_outputs(args: argparse.Namespace) -> list[Path]:
 def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.tiny:
         args.size, args.batch_size, args.eval_count = 32, 2, 2
-    counts = {k: (3 if k == "rafd" else 12) for k in COUNTS} if args.tiny else COUNTS
+    counts = {k: (3 if k == "rafd" else 12) for k in COUNTS} if args.tiny else args.counts
     roots: dict[str, Path] = {}
-    for layout in sorted({l for c in args.configs for l in RECIPES[c][0]}):
+    args.exported = {l: counts[l] for l in sorted({l for c in args.configs for l in RECIPES[c][0]})}
+    for layout in args.exported:
         roots[layout] = args.work_dir / "layouts" / layout
-        if not (roots[layout] / "SynthFACS-ground-truth.npz").is_file():
+        if not (roots[layout] / GROUND_TRUTH_FILE).is_file():
             export_synthetic(layout, roots[layout], counts[layout], max(args.size, 64), seed=0,
                              aus="ganimation" if layout == "celebamask-hq" else "none")
+        check_export_count(roots[layout], layout, counts[layout])
     judge = standard_judge()
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=0)
     no_edit = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=judge, fid_features="none")
@@ -204,9 +216,27 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     records = json_records(rows, no_edit.metrics, args.main_job_accuracy)
     write_text(args.out, text, overwrite=args.overwrite)
     write_text(json_path(args), json.dumps({"command": _command(argv), "judge": "standard judge",
-                                            "configs": records}, indent=2) + "\n", overwrite=args.overwrite)
+                                            "exported": args.exported, "configs": records}, indent=2) + "\n",
+               overwrite=args.overwrite)
     print(text)
     return {"rows": rows, "no_edit": no_edit.metrics, "text": text, "records": records}
+
+
+def check_export_count(root: Path, layout: str, count: int) -> None:
+    """Refuse a work dir whose earlier export of ``layout`` holds another number of images than asked (a stale
+    export would silently change what a run trains on)."""
+    exported = exported_count(root, layout)
+    if exported != count:
+        raise SystemExit(f"real_layout_rehearsal.py: {root} holds an export of {exported} {layout} images, this run "
+                         f"asks for {count} (--count {layout}={count}); use another --work-dir or remove it")
+
+
+def exported_count(root: Path, layout: str) -> int:
+    """Images (RaFD: subjects) in an earlier export, from its ground-truth file."""
+    truth = load_ground_truth(root)
+    if layout == "rafd":
+        return len(set(int(i) for i in truth["identity"]))
+    return int(len(truth["ids"]))
 
 
 def json_path(args: argparse.Namespace) -> Path:
@@ -302,7 +332,9 @@ def report(rows: dict[str, dict], no_edit: dict[str, float], args: argparse.Name
                       + f" batches; this run trained {args.batches})")
     command = _command(argv)
     return ("## Real-layout rehearsal (SynthFACS exported in the release layouts, unpaired)\n\n"
-            f"`{command}`\n\n" + "\n".join(lines) + "\n\n" + "\n".join(target) + "\n")
+            f"`{command}`\n\nExported (images; RaFD: subjects): "
+            + ", ".join(f"{layout} {n}" for layout, n in getattr(args, "exported", {}).items())
+            + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(target) + "\n")
 
 
 if __name__ == "__main__":

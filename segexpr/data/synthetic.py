@@ -505,16 +505,31 @@ def _changeable_area_cached(p: IdentityParams, size: int) -> np.ndarray:
     frame = _Frame(p, size)
     area = np.zeros((size, size), np.uint8)
 
-    def fill_hull(points: np.ndarray) -> None:
-        hull = cv2.convexHull(_Canvas._fixed(frame(points.reshape(-1, 2))))
-        cv2.fillConvexPoly(area, hull, 1, cv2.LINE_8, _SHIFT)
+    def fixed_keys(points: np.ndarray) -> np.ndarray:
+        """Face coordinates ``[..., 2]`` -> cv2 fixed-point pixels packed as ``x << 32 | y`` (int64 ``[...]``)."""
+        xy = _Canvas._fixed(frame(points.reshape(-1, 2))).astype(np.int64)
+        return (xy[:, 0] << 32 | (xy[:, 1] & 0xFFFFFFFF)).reshape(points.shape[:-1])
+
+    def fill_hulls(keys: np.ndarray) -> None:
+        """Fill the convex hull of each row of packed points ``[H, M]``. The hull of a row's *distinct* points
+        is the hull of the row; most of the zone samples repeat a point, so deduplicating first (one sort for
+        all rows) makes the hulls several times cheaper."""
+        keys = np.sort(keys, axis=1)
+        distinct = np.ones(keys.shape, bool)
+        distinct[:, 1:] = keys[:, 1:] != keys[:, :-1]
+        for row, keep in zip(keys, distinct):
+            row = row[keep]
+            points = np.empty((len(row), 2), np.int32)
+            points[:, 0] = row >> 32
+            points[:, 1] = (row & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
+            cv2.fillConvexPoly(area, cv2.convexHull(points), 1, cv2.LINE_8, _SHIFT)
 
     for _, parts in _ZONE_POLYGONS:
-        fill_hull(np.concatenate([shapes[k][:, ::-1] if rev else shapes[k] for k, rev in parts], 1))
+        fill_hulls(fixed_keys(np.concatenate([shapes[k][:, ::-1] if rev else shapes[k] for k, rev in parts], 1)
+                              ).reshape(1, -1))
     for name in _ZONE_CURVES:
-        pts = shapes[name]
-        for i in range(pts.shape[1] - 1):
-            fill_hull(pts[:, i:i + 2])
+        keys = fixed_keys(shapes[name])  # [samples, N]; segment i sweeps points i and i + 1 over every sample
+        fill_hulls(np.concatenate([keys[:, :-1], keys[:, 1:]], 0).T)
     # margin: anti-aliasing and line thickness spill up to ~thickness/2 + 1 px outside the shapes
     margin = max(2, round(size / 64))
     area = cv2.dilate(area, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
