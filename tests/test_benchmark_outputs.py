@@ -64,3 +64,13 @@ def test_default_output_is_a_file_the_script_owns(name, monkeypatch):
     if "--out-dir" in options:
         assert Path(defaults["out_dir"]).parts[-2:] == ("docs", "results"), defaults["out_dir"]  # files named
         # after the script there
+
+
+def test_loop_overhead_refuses_an_existing_table_before_any_work(tmp_path):
+    """The loop-overhead benchmark never replaces its --out without --overwrite, and says so before building
+    or training anything."""
+    page = tmp_path / "loop_overhead.md"
+    page.write_text("an earlier run's table")
+    with pytest.raises(SystemExit, match=r"loop_overhead\.md.*--overwrite"):
+        load_benchmark("loop_overhead").main(["--out", str(page)])
+    assert page.read_text() == "an earlier run's table"

@@ -72,11 +72,16 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+def main_job_cli(folder: Path):
+    """The main job's LightningCLI (model, DataModule, the YAML's Trainer), warm-ups off, run folder under
+    ``folder``."""
+    with working_directory(folder):
+        return lightning_cli(["--config", str(MAIN_JOB_YAML), *NO_WARMUP], run=False)
+
+
 def render_batches(count: int, folder: Path) -> list[dict[str, Any]]:
     """``count`` training batches of the main job's DataModule, in its order (seeded), held in memory."""
-    with working_directory(folder):
-        cli = lightning_cli(["--config", str(MAIN_JOB_YAML), *NO_WARMUP], run=False)
-    data = cli.datamodule
+    data = main_job_cli(folder).datamodule
     data.setup("fit")
     batches = []
     for batch in data.train_dataloader():
@@ -90,8 +95,7 @@ def build(folder: Path, batches: list[dict[str, Any]]
           ) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
     """The main job's module, DataModule (training on ``batches``, as rendered) and Trainer (the YAML's)."""
     pl.seed_everything(0, verbose=False)
-    with working_directory(folder):
-        cli = lightning_cli(["--config", str(MAIN_JOB_YAML), *NO_WARMUP], run=False)
+    cli = main_job_cli(folder)
     cli.datamodule.train_dataloader = lambda: DataLoader(batches, batch_size=None, shuffle=False)
     return cli.model, cli.datamodule, cli.trainer
 

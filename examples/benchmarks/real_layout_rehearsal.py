@@ -185,7 +185,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if not (roots[layout] / GROUND_TRUTH_FILE).is_file():
             export_synthetic(layout, roots[layout], counts[layout], max(args.size, 64), seed=0,
                              aus="ganimation" if layout == "celebamask-hq" else "none")
-        check_export_count(roots[layout], layout, counts[layout])
+        else:  # a cached export: it must be the size this run asks for
+            check_export_count(roots[layout], layout, counts[layout])
     judge = standard_judge()
     benchmark = SynthFACSEditBenchmark(size=args.size, count=args.eval_count, seed=0)
     no_edit = benchmark.evaluate_functions(lambda x, t, l: x, lambda x, r, l: x, recognizer=judge, fid_features="none")
@@ -333,7 +334,7 @@ def report(rows: dict[str, dict], no_edit: dict[str, float], args: argparse.Name
     command = _command(argv)
     return ("## Real-layout rehearsal (SynthFACS exported in the release layouts, unpaired)\n\n"
             f"`{command}`\n\nExported (images; RaFD: subjects): "
-            + ", ".join(f"{layout} {n}" for layout, n in getattr(args, "exported", {}).items())
+            + ", ".join(f"{layout} {n}" for layout, n in args.exported.items())
             + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(target) + "\n")
 
 
