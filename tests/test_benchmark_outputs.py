@@ -74,3 +74,34 @@ def test_loop_overhead_refuses_an_existing_table_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match=r"loop_overhead\.md.*--overwrite"):
         load_benchmark("loop_overhead").main(["--out", str(page)])
     assert page.read_text() == "an earlier run's table"
+
+
+def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
+    import torch
+
+    import segexpr.gan.stepping as stepping
+    import segexpr.models.generators.global_generator as global_generator
+    from segexpr.modules.joint import JointModule
+    from tiny import tiny_joint_module
+
+    script = load_benchmark("step_rewrites")
+    page = tmp_path / "step_rewrites.md"
+    page.write_text("kept\n")
+    with pytest.raises(SystemExit, match=r"step_rewrites\.md.*--overwrite"):
+        script.main(["--out", str(page)])
+    assert page.read_text() == "kept\n"
+    with pytest.raises(ValueError, match="unknown rewrites"):
+        with script.rewrites_off({"decoder", "bogus"}):
+            pass
+    module = tiny_joint_module(32, task="both")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    on = module._region_inputs(images, None, with_grad=False)[0]
+    fast = global_generator.upsample_conv3x3
+    with script.rewrites_off({"decoder", "layout", "adam"}):
+        assert global_generator.upsample_conv3x3 is script.plain_upsample_conv3x3
+        assert "layout" not in module._region_inputs(images, None, with_grad=False)[0]
+        assert not stepping.adam([torch.zeros(2, requires_grad=True)], lr=0.1).defaults["fused"]
+    assert global_generator.upsample_conv3x3 is fast and "layout" in on
+    assert "layout" in module._region_inputs(images, None, with_grad=False)[0]
+    assert stepping.adam([torch.zeros(2, requires_grad=True)], lr=0.1).defaults["fused"]
+    assert JointModule._region_inputs.__name__ == "_region_inputs"

@@ -277,3 +277,72 @@ def test_residual_paste_leaves_unchanged_crops_exact(region_source):
 def test_unknown_paste_mode_is_rejected():
     with pytest.raises(ValueError, match="paste must be one of"):
         tiny_generator(paste="overwrite")
+
+
+# ----------------------------------------------------------------------------------------------- fast paths
+def plain_decode(g: GlobalGenerator, au_free, code, out_size):
+    """``GlobalGenerator.decode`` as its modules read (nearest upsample, then the 3x3 conv block; two heads)."""
+    h = au_free
+    for block in g.bottleneck:
+        h = block(h, code)
+    h = g.decoder(h)
+    height, width = out_size
+    return (torch.tanh(g.color_head(h)[..., :height, :width]),
+            torch.sigmoid(g.attention_head(h)[..., :height, :width]))
+
+
+def test_decode_is_its_modules_run_plainly():
+    torch.manual_seed(0)
+    g = GlobalGenerator(3, 8, 2, 2, CODE_DIM).double()
+    for p in g.parameters():  # away from the identity-ish initialisation, so every weight matters
+        p.data.add_(torch.randn_like(p) * 0.1)
+    image = torch.rand(2, 3, HEIGHT, WIDTH, dtype=torch.float64) * 2 - 1
+    code = torch.randn(2, CODE_DIM, dtype=torch.float64)
+    au_free = g.encode(image).detach()
+    got, expected = g.decode(au_free, code, (HEIGHT, WIDTH)), plain_decode(g, au_free, code, (HEIGHT, WIDTH))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    params = [p for name, p in g.named_parameters() if not name.startswith("encoder.")]  # what decode uses
+    grads = [torch.autograd.grad(sum((t * w).sum() for t, w in zip(out, (1.0, -2.0))), params)
+             for out in (got, expected)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("region_source", ["segmenter", "landmarks"])
+def test_a_shared_region_layout_gives_the_same_passes_and_gradients(region_source):
+    torch.manual_seed(0)
+    g = tiny_generator(region_source).double()
+    image = torch.rand(2, 3, HEIGHT, WIDTH, dtype=torch.float64) * 2 - 1
+    codes = [torch.randn(2, CODE_DIM, dtype=torch.float64) for _ in range(3)]
+    logits = region_logits().double().requires_grad_()
+    landmarks = face_landmarks().double()
+
+    def passes(shared: bool):
+        if region_source == "segmenter":
+            kwargs = {"region_masks": soft_regions(logits)}
+            leaf = logits
+        else:
+            kwargs = {"landmarks": landmarks}
+            leaf = image.requires_grad_()
+        if shared:
+            kwargs["layout"] = g.region_layout((HEIGHT, WIDTH), **kwargs)
+        images = [g(image, code, **kwargs).image for code in codes]
+        return images, torch.autograd.grad(sum((i * (k + 1)).sum() for k, i in enumerate(images)), leaf)[0]
+
+    (separate, grad_separate), (shared, grad_shared) = passes(False), passes(True)
+    for a, b in zip(separate, shared):
+        assert torch.equal(a, b)  # the same arithmetic, once
+    torch.testing.assert_close(grad_shared, grad_separate, rtol=0, atol=1e-10)
+
+
+def test_region_layout_errors_name_the_mismatch():
+    g = tiny_generator()
+    image = torch.rand(2, 3, HEIGHT, WIDTH) * 2 - 1
+    masks = soft_regions(region_logits())
+    layout = g.region_layout((HEIGHT, WIDTH), region_masks=masks)
+    with pytest.raises(ValueError, match="layout does not fit"):
+        g(image[:1], torch.zeros(1, CODE_DIM), region_masks=masks[:1], layout=layout)
+    assert tiny_generator("none").region_layout((HEIGHT, WIDTH)) is None
+    with pytest.raises(ValueError, match="region_source='none'"):
+        tiny_generator("none")(image, torch.zeros(2, CODE_DIM), layout=layout)

@@ -338,6 +338,25 @@ def test_n_critic_schedules_generator_steps(pair_batches):
     assert _changed(module.generator, generator_before)
 
 
+def test_a_training_batch_builds_its_region_layout_once_and_steps_fused_adam(pair_batches, monkeypatch):
+    # task both: the edit, its cycle, the self-reconstruction, the swap and the swap-back all use the source's
+    # region inputs, so the masks are feathered (and boxes fitted) once per batch, not once per pass
+    import segexpr.models.generators.hierarchical as hierarchical
+
+    feathered = []
+    real = hierarchical.feather_masks
+    monkeypatch.setattr(hierarchical, "feather_masks", lambda *a, **k: feathered.append(1) or real(*a, **k))
+    module = tiny_module(task="both")
+    generator_before = _snapshot(module.generator)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, limit_train_batches=1)
+    trainer.fit(module, loader(pair_batches[:1]))  # n_critic 1: one G step, then the critic reuses its fakes
+    assert _changed(module.generator, generator_before)
+    assert len(feathered) == 1
+    # CPU parameters: every GAN optimiser is Adam's fused kernel, not its per-parameter loop
+    assert len(trainer.optimizers) == 3 and all(opt.defaults["fused"] for opt in trainer.optimizers)
+
+
 def test_non_finite_loss_names_the_loss_and_step(pair_batches):
     module = tiny_module(task="manipulate", region_source="none", segmenter=False)
     bad = dict(pair_batches[0])

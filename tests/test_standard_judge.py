@@ -259,6 +259,24 @@ def test_standard_judge_script_checks_its_overrides_and_work_dir(tmp_path, capsy
         script.build_members(dict(recipe, crossfade=0.5), tmp_path / "work")
 
 
+def test_seed_judges_are_the_recipe_once_per_seed_and_average_to_the_standard_judge():
+    from benchmark_scripts import load_benchmark
+
+    script = load_benchmark("standard_judge")
+    torch.manual_seed(0)
+    members = [(f, s, create_judge(f, image_size=32).eval()) for f in ("resnet18_3stage", "vgg_bn_small")
+               for s in (0, 1, 2)]
+    by_seed = script.seed_judges(members)
+    assert by_seed.names == ["seed 0", "seed 1", "seed 2"]
+    assert [group.names for group in by_seed.members][1] == ["resnet18_3stage seed 1", "vgg_bn_small seed 1"]
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        full = JudgeEnsemble([j for _, _, j in members])(images)
+        nested = by_seed(images)
+    torch.testing.assert_close(nested[0].exp(), full[0].exp())
+    torch.testing.assert_close(nested[1], full[1])
+
+
 def test_judge_disagreement_probes_every_member(joint_checkpoint, capsys):
     from benchmark_scripts import load_benchmark
 

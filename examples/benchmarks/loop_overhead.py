@@ -120,22 +120,35 @@ def run(kind: str, batches: list[dict[str, Any]], skip: int, folder: Path) -> fl
     return timer.seconds_per_batch()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=60, help="timed GAN batches per run")
+def timing_parser(doc: str, batches: int) -> argparse.ArgumentParser:
+    """The options of the main job's step benchmarks (this one and ``step_rewrites.py``): ``--batches``,
+    ``--warmup``, ``--repeats``, ``--threads``; each script adds its own ``--out`` and ``--overwrite``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=batches, help="timed GAN batches per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (allocator, caches)")
-    parser.add_argument("--repeats", type=int, default=2, help="bare / main-job pairs, alternating")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the runs, alternating")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the main job's default on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/loop_overhead.md"),
-                        help="the table (markdown); refused if it exists, unless --overwrite")
-    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def checked_timing_args(parser: argparse.ArgumentParser, argv: list[str] | None, script: str) -> argparse.Namespace:
+    """``parser``'s arguments, checked, with an existing ``--out`` refused (unless ``--overwrite``) before any work."""
     args = parser.parse_args(argv)
     if args.batches < 1 or args.warmup < 1 or args.repeats < 1:
         parser.error("--batches, --warmup and --repeats must be >= 1")
     try:
-        refuse_existing([args.out], overwrite=args.overwrite)  # before any work
+        refuse_existing([args.out], overwrite=args.overwrite)
     except FileExistsError as err:
-        raise SystemExit(f"loop_overhead.py: {err}") from None
+        raise SystemExit(f"{script}: {err}") from None
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = timing_parser(__doc__, batches=60)
+    parser.add_argument("--out", type=Path, default=Path("docs/results/loop_overhead.md"),
+                        help="the table (markdown); refused if it exists, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true")
+    args = checked_timing_args(parser, argv, "loop_overhead.py")
     times: dict[str, list[float]] = {"bare": [], "main job": []}
     load_before = [round(x, 2) for x in os.getloadavg()]
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:

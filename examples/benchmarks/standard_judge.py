@@ -113,9 +113,22 @@ def strength(members: list[tuple[str, int, Any]], ensemble: JudgeEnsemble, bench
             "source_accuracy": float((predicted == benchmark.expression).float().mean())}
 
 
+def seed_judges(members: list[tuple[str, int, Any]]) -> JudgeEnsemble:
+    """The standard judge's recipe once per training seed: for each seed, an ensemble of that seed's members (one
+    per family), the sub-ensembles named ``seed N``. Their mean is the full ensemble (equal sizes), so judging
+    with it gives the standard judge's figure *and*, as member accuracies, what the judge would read had it been
+    trained with only that seed: the figure's own stability across retraining."""
+    seeds = sorted({s for _, s, _ in members})
+    groups = [JudgeEnsemble([j for _, s, j in members if s == seed],
+                            [member_name(f, s) for f, s, _ in members if s == seed]) for seed in seeds]
+    return JudgeEnsemble(groups, [f"seed {seed}" for seed in seeds]).eval()
+
+
 def stability(ckpt: Path, ensemble: JudgeEnsemble, benchmark: SynthFACSEditBenchmark,
-              families: tuple[str, ...], recognizer: Path | None) -> dict[str, Any]:
-    """Each member's (and the ensemble's) expression accuracy on one model's label edits, and their spreads."""
+              families: tuple[str, ...], recognizer: Path | None,
+              by_seed: JudgeEnsemble | None = None) -> dict[str, Any]:
+    """Each member's (and the ensemble's) expression accuracy on one model's label edits, and their spreads;
+    with ``by_seed`` (:func:`seed_judges`) also each seed's judge and their spread."""
     module = load_joint(ckpt)
     result = benchmark.evaluate(module, ensemble, fid_features="none")
     members = result.member_accuracy
@@ -130,6 +143,10 @@ def stability(ckpt: Path, ensemble: JudgeEnsemble, benchmark: SynthFACSEditBench
            "confusion": result.confusion,
            "transfer_au_mae": result.metrics.get("transfer_au_mae"),
            "edit_unwanted_change": result.metrics.get("edit_unwanted_change")}
+    if by_seed is not None and len(by_seed.members) > 1:
+        per_seed = benchmark.evaluate(module, by_seed, fid_features="none").member_accuracy
+        out["seed_judge_accuracy"] = per_seed
+        out["seed_judge_spread"] = max(per_seed.values()) - min(per_seed.values())
     if recognizer is not None:
         critic_family = benchmark.evaluate(module, load_recognizer(recognizer), fid_features="none")
         out["critic_family_judge_accuracy"] = critic_family.metrics["edit_expression_accuracy"]
@@ -155,6 +172,12 @@ def markdown(payload: dict[str, Any]) -> str:
             lines += [f"| critic's family (AUDiscriminatorModule, for comparison) | "
                       f"{entry['critic_family_judge_accuracy']:.3f} |"]
         spread = ", ".join(f"{f} {v:.3f}" for f, v in entry["seed_spread"].items())
+        if "seed_judge_accuracy" in entry:
+            readings = ", ".join(f"{k} {v:.3f}" for k, v in entry["seed_judge_accuracy"].items())
+            lines += ["", "The judge retrained with one seed (that seed's member of each family, averaged like the "
+                          f"standard judge): {readings}; spread **{entry['seed_judge_spread']:.3f}** (target <= "
+                          f"{TARGETS['seed_spread']}: "
+                          f"{'met' if entry['seed_judge_spread'] <= TARGETS['seed_spread'] else 'NOT met'})."]
         lines += ["", f"Seed spread (max - min within a family; target <= {TARGETS['seed_spread']}): {spread}.  ",
                   f"Family gap (difference of the family means; target <= {TARGETS['family_gap']}): "
                   f"{entry['family_gap']:.3f}.  ",
@@ -247,8 +270,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "recipe": recipe_as_json(recipe),
                    "training_seconds": seconds, "targets": TARGETS,
                    "strength": strength(members, ensemble, benchmark),
-                   "stability": [stability(c, ensemble, benchmark, tuple(recipe["families"]), args.recognizer)
-                                 for c in args.ckpt]}
+                   "stability": [stability(c, ensemble, benchmark, tuple(recipe["families"]), args.recognizer,
+                                           seed_judges(members)) for c in args.ckpt]}
     print(markdown(payload))
     for path in write_outputs(payload, args.out_dir, args.overwrite):
         print(f"wrote {path}")

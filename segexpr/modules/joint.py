@@ -231,11 +231,17 @@ class JointModule(pl.LightningModule):
             self.segmenter.train(was_training)
 
     def _region_inputs(self, images: torch.Tensor, landmarks: torch.Tensor | None, with_grad: bool
-                       ) -> tuple[dict[str, torch.Tensor | None], torch.Tensor | None]:
-        """(generator keyword arguments ``region_masks``/``landmarks``, parsing logits or ``None``)."""
+                       ) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """(generator keyword arguments ``region_masks``/``landmarks``/``layout``, parsing logits or ``None``).
+
+        ``layout`` (the boxes and fusion weights) is built once here for every pass of the step on these images.
+        """
         source = self.hparams.region_source
         logits = self._segment(images, with_grad) if source == "segmenter" else None
-        return region_inputs(source, images, logits=logits, landmarks=landmarks, groups=self.region_groups), logits
+        kwargs = region_inputs(source, images, logits=logits, landmarks=landmarks, groups=self.region_groups)
+        if source != "none":
+            kwargs["layout"] = self.generator.region_layout(tuple(images.shape[-2:]), **kwargs)
+        return kwargs, logits
 
     def _where(self) -> str:
         return f"global step {self.global_step} (training batch {self._train_batches})"

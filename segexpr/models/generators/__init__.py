@@ -7,7 +7,7 @@ from torch import nn
 
 from segexpr.models.generators.codes import ExpressionCoder
 from segexpr.models.generators.global_generator import FiLMResidualBlock, GlobalGenerator, GlobalOutput
-from segexpr.models.generators.hierarchical import REGION_SOURCES, GeneratorOutput, HierarchicalGenerator
+from segexpr.models.generators.hierarchical import REGION_SOURCES, GeneratorOutput, HierarchicalGenerator, RegionLayout
 from segexpr.models.generators.local import LocalGenerator
 
 GENERATORS: tuple[str, ...] = ("hierarchical", "global")
@@ -35,5 +35,5 @@ def create_generator(name: str = "hierarchical", **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "ExpressionCoder", "FiLMResidualBlock", "GENERATORS", "GeneratorOutput", "GlobalGenerator", "GlobalOutput",
-    "HierarchicalGenerator", "LocalGenerator", "REGION_SOURCES", "create_generator",
+    "HierarchicalGenerator", "LocalGenerator", "REGION_SOURCES", "RegionLayout", "create_generator",
 ]

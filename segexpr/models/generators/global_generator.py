@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segexpr.ops.convolutions import upsample_conv3x3
+
 
 @dataclass
 class GlobalOutput:
@@ -175,7 +177,12 @@ class GlobalGenerator(nn.Module):
         h = au_free
         for block in self.bottleneck:
             h = block(h, code)
-        h = self.decoder(h)
+        # Each upsampling stage is (nearest x2, 3x3 conv, InstanceNorm, ReLU); the first two run as one
+        # convolution on the low-resolution map (upsample_conv3x3: the same function without the 4x larger
+        # upsampled tensor); the modules stay as they are, so parameters and checkpoints are unchanged.
+        for stage in range(0, len(self.decoder), 2):
+            conv, norm, relu = self.decoder[stage + 1]
+            h = relu(norm(upsample_conv3x3(h, conv.weight, conv.bias)))
         # Both heads as one convolution (their weights concatenated, so the parameters and state dict stay two
         # heads): a 7x7 convolution with 3 or 1 output channels is launch-bound, and on a CPU the pair cost twice
         # one 4-channel convolution (4x for the regions' grouped heads); each output channel is unchanged.

@@ -34,6 +34,25 @@ BOX_ASPECTS: tuple[str, ...] = ("stretch", "square")
 
 
 @dataclass
+class RegionLayout:
+    """Where the local generators work, computed once from the region inputs and reusable across passes.
+
+    Attributes:
+        boxes: ``[B, R, 4]`` crop boxes ``(cx, cy, w, h)`` in normalised coordinates.
+        fusion_weights: ``[B, R, 1, H, W]`` in ``[0, 1]``: each region's fusion weight before the crop's validity
+            is applied (feathered masks for ``"segmenter"``, box masks for ``"landmarks"``).
+
+    Every pass of one training step on the same source images (the edit, the self-reconstruction, the swap and,
+    with the default ``regions_of``, both cycles) uses the same region inputs: building their layout once
+    (:meth:`HierarchicalGenerator.region_layout`) instead of in every pass saves four of five mask dilations,
+    blurs and box fits per step; gradients from all passes meet at the shared tensors.
+    """
+
+    boxes: torch.Tensor
+    fusion_weights: torch.Tensor
+
+
+@dataclass
 class GeneratorOutput:
     """Output of :class:`HierarchicalGenerator` (``R`` = number of regions; ``R = 0`` for ``region_source="none"``).
 
@@ -210,6 +229,23 @@ class HierarchicalGenerator(nn.Module):
             return None
         return square_boxes(boxes, image_size) if self.box_aspect == "square" else boxes
 
+    def region_layout(
+        self,
+        image_size: tuple[int, int],
+        region_masks: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+    ) -> RegionLayout | None:
+        """The boxes and fusion weights :meth:`forward` would build from these region inputs (``None`` for
+        ``region_source="none"``); pass it as ``layout`` to every pass that uses the same inputs."""
+        boxes = self.region_boxes(image_size, region_masks, landmarks)
+        if boxes is None:
+            return None
+        if self.region_source == "segmenter":
+            weights = feather_masks(region_masks, self.feather_dilate, self.feather_blur).unsqueeze(2)
+        else:
+            weights = box_masks(boxes, image_size, self.box_feather)
+        return RegionLayout(boxes=boxes, fusion_weights=weights)
+
     def _local(self, crops: torch.Tensor, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local results and attention ``[B, R, 3|1, h, w]`` of the crops ``[B, R, 3, h, w]`` (one code for all)."""
         networks = [self.local_generators[name] for name in self.regions]
@@ -228,6 +264,7 @@ class HierarchicalGenerator(nn.Module):
         region_masks: torch.Tensor | None = None,
         landmarks: torch.Tensor | None = None,
         au_free: torch.Tensor | None = None,
+        layout: RegionLayout | None = None,
     ) -> GeneratorOutput:
         """Edit ``image`` toward ``code``.
 
@@ -238,6 +275,8 @@ class HierarchicalGenerator(nn.Module):
             landmarks: float ``[B, 68, 2]`` pixel coordinates; required for ``region_source="landmarks"``.
             au_free: optional ``encode(image)`` already computed (applying several codes to the same images
                 encodes them once); must be the features of ``image``.
+            layout: optional :meth:`region_layout` of these region inputs, already computed (several passes
+                with the same region inputs build it once); when given, the region inputs are not read again.
 
         Returns:
             :class:`GeneratorOutput`.
@@ -258,7 +297,16 @@ class HierarchicalGenerator(nn.Module):
                 raise ValueError(f"landmarks must be [{batch}, 68, 2], got shape {tuple(landmarks.shape)}")
 
         g = self.global_generator(image, code, au_free=au_free)
-        boxes = self.region_boxes((height, width), region_masks, landmarks)
+        if layout is None:
+            layout = self.region_layout((height, width), region_masks, landmarks)
+        elif self.region_source == "none":
+            raise ValueError("layout given to a generator with region_source='none' (it has no regions)")
+        elif (layout.boxes.shape != (batch, len(self.regions), 4)
+              or layout.fusion_weights.shape != (batch, len(self.regions), 1, height, width)):
+            raise ValueError(f"layout does not fit images [{batch}, 3, {height}, {width}] and {len(self.regions)} "
+                             f"regions: boxes {tuple(layout.boxes.shape)}, fusion_weights "
+                             f"{tuple(layout.fusion_weights.shape)}")
+        boxes = layout.boxes if layout is not None else None
         if boxes is None:
             empty = image.new_zeros
             return GeneratorOutput(
@@ -285,11 +333,7 @@ class HierarchicalGenerator(nn.Module):
             local_images = weighted[:, :, :3] + (1 - validity) * global_image
         local_attention = weighted[:, :, 3:] + (1 - validity)
 
-        if self.region_source == "segmenter":
-            weights = feather_masks(region_masks, self.feather_dilate, self.feather_blur).unsqueeze(2)
-        else:
-            weights = box_masks(boxes, (height, width), self.box_feather)
-        weights = weights * validity
+        weights = layout.fusion_weights * validity
         # Overlapping regions (e.g. dilated brows and eyes) may sum past 1: rescale to a convex combination.
         weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
         # = (1 - sum w) * global + sum w * local, written so that local == global gives global exactly
