@@ -296,7 +296,6 @@ class HierarchicalGenerator(nn.Module):
             if tuple(landmarks.shape) != (batch, 68, 2):
                 raise ValueError(f"landmarks must be [{batch}, 68, 2], got shape {tuple(landmarks.shape)}")
 
-        g = self.global_generator(image, code, au_free=au_free)
         if layout is None:
             layout = self.region_layout((height, width), region_masks, landmarks)
         elif self.region_source == "none":
@@ -306,6 +305,7 @@ class HierarchicalGenerator(nn.Module):
             raise ValueError(f"layout does not fit images [{batch}, 3, {height}, {width}] and {len(self.regions)} "
                              f"regions: boxes {tuple(layout.boxes.shape)}, fusion_weights "
                              f"{tuple(layout.fusion_weights.shape)}")
+        g = self.global_generator(image, code, au_free=au_free)
         boxes = layout.boxes if layout is not None else None
         if boxes is None:
             empty = image.new_zeros
