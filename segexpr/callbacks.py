@@ -316,16 +316,23 @@ class PhaseTimes(pl.Callback):
     Per batch it costs one ``perf_counter`` call per hook and a few additions; it draws no random numbers and
     changes no tensor, so a fit with it trains the same weights as one without. The JSON is written atomically.
 
+    The JSON's ``windows`` splits the training batches into windows of ``window`` batches (each window's ms per
+    batch, and the data wait's), which shows whether batches get slower as the fit goes on.
+
     Args:
         path: the JSON file; ``None``: ``<trainer.log_dir>/phase_times.json`` (the run folder, as ResultImage's).
+        window: training batches per entry of ``windows``.
     """
 
     PHASES = ("startup", "setup", "sanity_check", "warmup_batches", "gan_batches", "data_wait", "validation",
               "result_image", "checkpoint", "other")
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, window: int = 100) -> None:
         super().__init__()
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"PhaseTimes: window must be a positive number of training batches, got {window!r}")
         self.path = Path(path) if path is not None else None
+        self.window = window
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}
         self._active = False
@@ -387,6 +394,7 @@ class PhaseTimes(pl.Callback):
         self.counts = {"warmup_batches": 0, "gan_batches": 0, "validation": 0, "sanity_check": 0,
                        "result_image": 0, "checkpoint": 0}
         self._phase = "setup"
+        self._windows: list[tuple[int, float, float]] = []
         self._warmup = self.warmup_batches(pl_module)
         self._unwrap()
         self._wrap(trainer, "save_checkpoint", "checkpoint")
@@ -421,6 +429,10 @@ class PhaseTimes(pl.Callback):
                            batch_idx: int) -> None:
         if self._active:
             self._switch("data_wait")
+            done = self.counts["warmup_batches"] + self.counts["gan_batches"]
+            if done % self.window == 0:  # cumulative clocks now; the report gives each window's share
+                self._windows.append((done, self.seconds["warmup_batches"] + self.seconds["gan_batches"],
+                                      self.seconds["data_wait"]))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._active:
@@ -446,6 +458,17 @@ class PhaseTimes(pl.Callback):
             self._unwrap()
 
     # ------------------------------------------------------------------ the report
+    def _window_report(self) -> list[dict[str, Any]]:
+        """Per window of :attr:`window` training batches: the batches' own ms per batch and the data wait's."""
+        rows, previous = [], (0, 0.0, 0.0)
+        for done, batch_s, wait_s in self._windows:
+            count = done - previous[0]
+            rows.append({"batches": [previous[0], done],
+                         "batch_ms": round(1e3 * (batch_s - previous[1]) / count, 3),
+                         "data_wait_ms": round(1e3 * (wait_s - previous[2]) / count, 3)})
+            previous = (done, batch_s, wait_s)
+        return rows
+
     def report(self) -> dict[str, Any]:
         """The JSON's content: seconds by phase, their sum, the total (process start to ``on_fit_end`` by the
         wall clock, measured apart from the phases' ``perf_counter`` clock), counts, per-batch milliseconds."""
@@ -465,6 +488,7 @@ class PhaseTimes(pl.Callback):
             "fit_started_at": self._fit_started,
             "warmup_batch_limit": self._warmup,
             "counts": dict(self.counts),
+            "windows": self._window_report(),
             "ms_per_batch": {"warmup_batches": per("warmup_batches", self.counts["warmup_batches"]),
                              "gan_batches": per("gan_batches", self.counts["gan_batches"]),
                              "data_wait": per("data_wait", batches)},

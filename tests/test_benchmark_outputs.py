@@ -80,6 +80,7 @@ def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
     import torch
 
     import segexpr.gan.stepping as stepping
+    import segexpr.models.generators.batched as batched
     import segexpr.models.generators.global_generator as global_generator
     from segexpr.modules.joint import JointModule
     from tiny import tiny_joint_module
@@ -96,12 +97,28 @@ def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
     module = tiny_joint_module(32, task="both")
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     on = module._region_inputs(images, None, with_grad=False)[0]
-    fast = global_generator.upsample_conv3x3
-    with script.rewrites_off({"decoder", "layout", "adam"}):
+    fast, heads = global_generator.upsample_conv3x3, global_generator.conv2d_channels_last
+    lookup = batched._stacked_tensors
+    with script.rewrites_off({"decoder", "layout", "adam", "heads", "lookup"}):
         assert global_generator.upsample_conv3x3 is script.plain_upsample_conv3x3
+        assert global_generator.conv2d_channels_last is script.plain_conv2d
+        assert batched._stacked_tensors is script.per_name_lookup
         assert "layout" not in module._region_inputs(images, None, with_grad=False)[0]
         assert not stepping.adam([torch.zeros(2, requires_grad=True)], lr=0.1).defaults["fused"]
     assert global_generator.upsample_conv3x3 is fast and "layout" in on
+    assert global_generator.conv2d_channels_last is heads and batched._stacked_tensors is lookup
+    # the plain lookup gathers the same stacks
+    networks = [module.generator.local_generators[name] for name in module.generator.regions]
+    for kind in ("named_parameters", "named_buffers"):
+        fast_stacks, plain_stacks = lookup(networks, kind), script.per_name_lookup(networks, kind)
+        assert list(fast_stacks) == list(plain_stacks)
+        assert all(torch.equal(fast_stacks[k], plain_stacks[k]) for k in fast_stacks)
     assert "layout" in module._region_inputs(images, None, with_grad=False)[0]
     assert stepping.adam([torch.zeros(2, requires_grad=True)], lr=0.1).defaults["fused"]
     assert JointModule._region_inputs.__name__ == "_region_inputs"
+    assert list(script.variants(["heads off", "all on"])) == ["all on", "heads off"]
+    with pytest.raises(ValueError, match="unknown variants"):
+        script.variants(["all on", "heads of"])
+    with pytest.raises(SystemExit):  # every figure is read against "all on"
+        script.main(["--out", str(tmp_path / "new.md"), "--variants", "heads off"])
+    assert not (tmp_path / "new.md").exists()

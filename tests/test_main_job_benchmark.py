@@ -51,7 +51,7 @@ def _fit(root: Path, *callbacks: pl.Callback) -> pl.LightningModule:
 
 
 def test_phase_times_json_splits_the_fit_into_phases_that_add_up_to_the_total(tmp_path):
-    phases = PhaseTimes()
+    phases = PhaseTimes(window=2)
     _fit(tmp_path, phases, SlowFetch(0.1))
     report = json.loads((tmp_path / "version_0" / "phase_times.json").read_text())
     seconds = report["phases_s"]
@@ -68,6 +68,15 @@ def test_phase_times_json_splits_the_fit_into_phases_that_add_up_to_the_total(tm
         assert seconds[phase] > 0, phase
     assert seconds["data_wait"] >= 4 * 0.1  # the sleeps after each batch, before the next batch starts
     assert seconds["gan_batches"] > seconds["warmup_batches"]  # warm-up batches make no fakes
+    # two windows of two batches: the warm-up's, then the GAN batches'; their shares add up to the phases
+    windows = report["windows"]
+    assert [w["batches"] for w in windows] == [[0, 2], [2, 4]]
+    assert windows[1]["batch_ms"] > windows[0]["batch_ms"]
+    assert sum(w["batch_ms"] * 2 for w in windows) == pytest.approx(
+        1e3 * (seconds["warmup_batches"] + seconds["gan_batches"]), rel=1e-3)
+    assert all(w["data_wait_ms"] * 2 >= 100 for w in windows)  # at least one of the sleeps in each
+    with pytest.raises(ValueError, match="window"):
+        PhaseTimes(window=0)
     # the wrappers are gone after the fit
     assert "save_checkpoint" not in vars(phases) and not phases._wrapped
 

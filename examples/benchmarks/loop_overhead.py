@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       for k, v in times.items())
             + f"\nmain job / bare: **{full / bare:.3f}** (target <= 1.15: {'met' if full / bare <= 1.15 else 'NOT met'})"
             + f"; {args.batches} GAN batches per run after {args.warmup}, {args.threads} torch thread(s).\n"
-            + f"Command: `python examples/benchmarks/loop_overhead.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+            + f"Command: `python examples/benchmarks/loop_overhead.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n")
     print(text)
     write_text(args.out, text, overwrite=args.overwrite)
     return {"times": times, "ratio": full / bare, "text": text}

@@ -12,7 +12,12 @@ and EMA off), once with every rewrite on, once with all off, and once with each 
   (:func:`segexpr.ops.convolutions.upsample_conv3x3`) instead of nearest upsampling then a 3x3 convolution;
 * ``layout``: the region boxes and feathered fusion masks built once per batch for every generator pass on the
   same source images (:meth:`HierarchicalGenerator.region_layout`) instead of once per pass;
-* ``adam``: Adam's fused kernel (:func:`segexpr.gan.stepping.adam`) instead of its per-parameter loop on a CPU.
+* ``adam``: Adam's fused kernel (:func:`segexpr.gan.stepping.adam`) instead of its per-parameter loop on a CPU;
+* ``heads``: the generators' 7x7 colour/attention head in channels-last memory
+  (:func:`segexpr.ops.convolutions.conv2d_channels_last`) instead of plain ``conv2d``;
+* ``lookup``: the regions' stacked weights (``segexpr.models.generators.batched``, the local generators' and
+  local critics' batched calls) gathered from one listing of each module's tensors instead of a fresh listing
+  for every tensor name (not arithmetic: Python time).
 
 Runs alternate (``--repeats`` rounds of every variant); each times its last ``--batches`` batches after
 ``--warmup``. Prints a table (median ms per GAN batch, and against "all on") and writes it to ``--out``
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -33,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import segexpr.gan.stepping as stepping
+import segexpr.models.generators.batched as batched
 import segexpr.models.generators.global_generator as global_generator
 from segexpr.cli import torch_threads
 from segexpr.files import write_text
@@ -41,12 +48,24 @@ from segexpr.modules.joint import JointModule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loop_overhead  # noqa: E402  (the main job's CLI, its batches in memory, the bare run)
 
-REWRITES = ("decoder", "layout", "adam")
+REWRITES = ("decoder", "layout", "adam", "heads", "lookup")
 
 
 def plain_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The plain form of :func:`~segexpr.ops.convolutions.upsample_conv3x3`."""
     return F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), weight, bias, padding=1)
+
+
+def plain_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding: Any = 0
+                 ) -> torch.Tensor:
+    """The plain form of :func:`~segexpr.ops.convolutions.conv2d_channels_last`."""
+    return F.conv2d(x, weight, bias, padding=padding)
+
+
+def per_name_lookup(modules: Any, kind: str) -> dict[str, torch.Tensor]:
+    """The plain form of ``batched._stacked_tensors``: each module's tensors listed again for every name."""
+    return {name: torch.stack([dict(getattr(m, kind)())[name] for m in modules])
+            for name, _ in getattr(modules[0], kind)()}
 
 
 @contextlib.contextmanager
@@ -55,7 +74,8 @@ def rewrites_off(names: set[str]) -> Iterator[None]:
     unknown = names - set(REWRITES)
     if unknown:
         raise ValueError(f"unknown rewrites {sorted(unknown)}; expected some of {REWRITES}")
-    saved = (global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES)
+    saved = (global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES,
+             global_generator.conv2d_channels_last, batched._stacked_tensors)
     region_inputs = JointModule._region_inputs
 
     def per_pass_layout(self, *args: Any, **kwargs: Any):
@@ -70,14 +90,25 @@ def rewrites_off(names: set[str]) -> Iterator[None]:
             JointModule._region_inputs = per_pass_layout
         if "adam" in names:
             stepping.FUSED_ADAM_DEVICES = ()
+        if "heads" in names:
+            global_generator.conv2d_channels_last = plain_conv2d
+        if "lookup" in names:
+            batched._stacked_tensors = per_name_lookup
         yield
     finally:
-        global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES = saved
+        (global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES,
+         global_generator.conv2d_channels_last, batched._stacked_tensors) = saved
 
 
-def variants() -> dict[str, set[str]]:
-    """Variant name -> the rewrites switched off."""
-    return {"all on": set(), **{f"{name} off": {name} for name in REWRITES}, "all off": set(REWRITES)}
+def variants(only: list[str] | None = None) -> dict[str, set[str]]:
+    """Variant name -> the rewrites switched off: "all on", each "<rewrite> off", "all off"; ``only``: those."""
+    every = {"all on": set(), **{f"{name} off": {name} for name in REWRITES}, "all off": set(REWRITES)}
+    if only is None:
+        return every
+    unknown = [name for name in only if name not in every]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; expected some of {list(every)}")
+    return {name: every[name] for name in every if name in only}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -85,13 +116,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("docs/results/step_rewrites.md"),
                         help="the table (markdown); refused if it exists, unless --overwrite")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
+                        help='only these variants (e.g. "all on" "heads off"); default: all of them')
     args = loop_overhead.checked_timing_args(parser, argv, "step_rewrites.py")
-    times: dict[str, list[float]] = {name: [] for name in variants()}
+    try:
+        chosen = variants(args.variants)
+    except ValueError as err:
+        parser.error(str(err))
+    if "all on" not in chosen:
+        parser.error('--variants must include "all on" (every figure is read against it)')
+    times: dict[str, list[float]] = {name: [] for name in chosen}
     load_before = [round(x, 2) for x in os.getloadavg()]
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as tmp:
         batches = loop_overhead.render_batches(args.warmup + args.batches, Path(tmp))
         for _ in range(args.repeats):
-            for name, off in variants().items():
+            for name, off in chosen.items():
                 with rewrites_off(off):
                     times[name].append(loop_overhead.run("bare", batches, args.warmup, Path(tmp)))
                 print(f"{name}: {times[name][-1] * 1000:.0f} ms / batch", flush=True)
@@ -104,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "| variant | ms / GAN batch (each run) | median | vs all on |\n| --- | --- | ---: | ---: |\n"
             + "".join(f"| {k} | {', '.join(f'{t * 1000:.0f}' for t in v)} | {statistics.median(v) * 1000:.0f} | "
                       f"{statistics.median(v) / base:.3f}x |\n" for k, v in times.items())
-            + f"\nCommand: `python examples/benchmarks/step_rewrites.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n")
+            + f"\nCommand: `python examples/benchmarks/step_rewrites.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n")
     print(text)
     write_text(args.out, text, overwrite=args.overwrite)
     return {"times": times, "text": text}

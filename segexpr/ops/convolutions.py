@@ -8,13 +8,19 @@ taps where a parity reads nothing) with ``4 * C_out`` output channels, then ``pi
 avoids writing, reading and back-propagating through the 4x larger upsampled map, and gives the convolution wider
 output blocks; what it saves in the main job's step is measured by ``examples/benchmarks/step_rewrites.py``. The
 weights are combined at call time, so parameters and checkpoints are those of the plain layer.
+
+``conv2d_channels_last`` is ``conv2d`` computed in channels-last memory on a CPU. oneDNN's direct convolution is
+much faster there for wide, few-channel outputs: the generator's 7x7 heads (16 -> 4 channels at 64 px) run
+forward and backward in about two thirds of the time, the two layout copies included
+(``examples/benchmarks/step_rewrites.py``). Only for those layers: through a whole network the copies between
+layers take back what the convolutions gain.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["upsample_conv3x3"]
+__all__ = ["conv2d_channels_last", "upsample_conv3x3"]
 
 
 def _parity_taps(weight: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,3 +54,24 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     parity_bias = None if bias is None else bias.repeat_interleave(4)
     y = F.conv2d(x, parity.reshape(out_channels * 4, in_channels, 3, 3), parity_bias, padding=1)
     return F.pixel_shuffle(y, 2)
+
+
+def conv2d_channels_last(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         padding: int | tuple[int, int] = 0) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=padding)`` computed in channels-last memory on a CPU.
+
+    Args:
+        x: ``[B, C_in, H, W]``.
+        weight: ``[C_out, C_in, k, k]``; bias: ``[C_out]`` or ``None``.
+
+    Returns:
+        ``[B, C_out, H', W']`` in the default (contiguous) layout, equal to ``conv2d`` within float rounding
+        (gradients too). Elsewhere than on a CPU, and under ``vmap`` (whose batched weights make a grouped
+        convolution that channels-last does not help), it is plain ``conv2d``.
+    """
+    if x.device.type != "cpu" or torch._C._functorch.is_batchedtensor(x) or \
+            torch._C._functorch.is_batchedtensor(weight):
+        return F.conv2d(x, weight, bias, padding=padding)
+    y = F.conv2d(x.contiguous(memory_format=torch.channels_last),
+                 weight.contiguous(memory_format=torch.channels_last), bias, padding=padding)
+    return y.contiguous()

@@ -44,9 +44,7 @@ def stacked_call(modules: Sequence[nn.Module], args: Sequence[Any], in_dims: Seq
         The outputs of the method (same structure), stacked along ``out_dims``.
     """
     base = modules[0]
-    params = {name: torch.stack([dict(m.named_parameters())[name] for m in modules])
-              for name, _ in base.named_parameters()}
-    buffers = {name: torch.stack([dict(m.named_buffers())[name] for m in modules]) for name, _ in base.named_buffers()}
+    params, buffers = _stacked_tensors(modules, "named_parameters"), _stacked_tensors(modules, "named_buffers")
 
     def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], *call_args: Any) -> Any:
         if method == "forward":
@@ -54,6 +52,14 @@ def stacked_call(modules: Sequence[nn.Module], args: Sequence[Any], in_dims: Seq
         return _call_method(base, p, b, method, call_args)
 
     return vmap(one, in_dims=(0, 0, *in_dims), out_dims=out_dims)(params, buffers, *args)
+
+
+def _stacked_tensors(modules: Sequence[nn.Module], kind: str) -> dict[str, torch.Tensor]:
+    """``{name: stack of the modules' tensors of that name}`` for ``kind`` ``"named_parameters"`` or
+    ``"named_buffers"``. Each module's tensors are listed once: looking them up again for every name (a walk of
+    the module tree each time) cost more than the batched call itself."""
+    per_module = [dict(getattr(module, kind)()) for module in modules]
+    return {name: torch.stack([tensors[name] for tensors in per_module]) for name in per_module[0]}
 
 
 class _MethodCall(nn.Module):

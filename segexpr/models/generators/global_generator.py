@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segexpr.ops.convolutions import upsample_conv3x3
+from segexpr.ops.convolutions import conv2d_channels_last, upsample_conv3x3
 
 
 @dataclass
@@ -188,7 +188,9 @@ class GlobalGenerator(nn.Module):
         # one 4-channel convolution (4x for the regions' grouped heads); each output channel is unchanged.
         weight = torch.cat([self.color_head.weight, self.attention_head.weight])
         bias = torch.cat([self.color_head.bias, self.attention_head.bias])
-        heads = F.conv2d(h, weight, bias, padding=self.color_head.padding)[..., :height, :width]
+        # In channels-last memory on a CPU (conv2d_channels_last): these wide few-channel 7x7 convolutions are the
+        # step's costliest per call there.
+        heads = conv2d_channels_last(h, weight, bias, padding=self.color_head.padding)[..., :height, :width]
         color = torch.tanh(heads[:, :self.in_channels])
         attention = torch.sigmoid(heads[:, self.in_channels:])
         return color, attention
