@@ -79,6 +79,7 @@ def test_loop_overhead_refuses_an_existing_table_before_any_work(tmp_path):
 def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
     import torch
 
+    import segexpr.gan.objectives as objectives
     import segexpr.gan.stepping as stepping
     import segexpr.models.generators.batched as batched
     import segexpr.models.generators.global_generator as global_generator
@@ -98,8 +99,10 @@ def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     on = module._region_inputs(images, None, with_grad=False)[0]
     fast, heads = global_generator.upsample_conv3x3, global_generator.conv2d_channels_last
-    lookup = batched._stacked_tensors
-    with script.rewrites_off({"decoder", "layout", "adam", "heads", "lookup"}):
+    lookup, passes, critics = batched._stacked_tensors, objectives.generator_passes, objectives.GANObjectives._critic_calls
+    with script.rewrites_off(set(script.REWRITES)):
+        assert objectives.generator_passes is script.one_pass_per_call
+        assert objectives.GANObjectives._critic_calls is script.one_critic_call_each
         assert global_generator.upsample_conv3x3 is script.plain_upsample_conv3x3
         assert global_generator.conv2d_channels_last is script.plain_conv2d
         assert batched._stacked_tensors is script.per_name_lookup
@@ -107,6 +110,7 @@ def test_step_rewrites_switches_each_rewrite_off_and_back(tmp_path):
         assert not stepping.adam([torch.zeros(2, requires_grad=True)], lr=0.1).defaults["fused"]
     assert global_generator.upsample_conv3x3 is fast and "layout" in on
     assert global_generator.conv2d_channels_last is heads and batched._stacked_tensors is lookup
+    assert objectives.generator_passes is passes and objectives.GANObjectives._critic_calls is critics
     # the plain lookup gathers the same stacks
     networks = [module.generator.local_generators[name] for name in module.generator.regions]
     for kind in ("named_parameters", "named_buffers"):

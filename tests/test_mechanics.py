@@ -112,7 +112,8 @@ def test_each_image_is_encoded_once_per_step(pair_batches):
     pl.Trainer(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0
                ).fit(module, DataLoader(pair_batches, batch_size=None))
-    assert len(sizes) == 3  # G step: sources, edit, swap; D step: none
+    # G step: the sources, then the edit and the swap as one batch (their cycles run as one call); D step: none
+    assert sizes == [4, 8]
 
 
 def test_the_critic_step_reuses_the_generator_steps_fakes(pair_batches):
@@ -127,10 +128,17 @@ def test_the_critic_step_reuses_the_generator_steps_fakes(pair_batches):
     pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0
                ).fit(module, DataLoader(pair_batches, batch_size=None))
-    assert [b for b, _ in calls] == [0, 0, 1, 1, 1, 1, 1]
-    edit, swap = calls[2][1], calls[5][1]  # G step: edit, its cycle, self-reconstruction, swap, swap-back
-    critic_inputs = [x for b, grad, x in judged if b == 1 and grad]  # critic step of batch 2: real, edit, swap
-    assert any(torch.equal(x, edit) for x in critic_inputs) and any(torch.equal(x, swap) for x in critic_inputs)
+    # batch 1: one call for its two fakes; batch 2: one call for edit, self-reconstruction and swap, one for the
+    # cycle and the swap-back (segexpr.gan.passes)
+    assert [b for b, _ in calls] == [0, 1, 1]
+    edit, swap = calls[1][1][:4], calls[1][1][8:]
+    # critic step of batch 2: real, edit and swap, concatenated into one call (GANObjectives._critic_calls)
+    critic_inputs = [x for b, grad, x in judged if b == 1 and grad]
+
+    def judged_as_block(fakes):
+        return any(torch.equal(x[i:i + len(fakes)], fakes) for x in critic_inputs for i in range(0, len(x), len(fakes)))
+
+    assert judged_as_block(edit) and judged_as_block(swap)
 
 
 def test_generator_reuses_given_features(pair_batches):

@@ -17,7 +17,12 @@ and EMA off), once with every rewrite on, once with all off, and once with each 
   (:func:`segexpr.ops.convolutions.conv2d_channels_last`) instead of plain ``conv2d``;
 * ``lookup``: the regions' stacked weights (``segexpr.models.generators.batched``, the local generators' and
   local critics' batched calls) gathered from one listing of each module's tensors instead of a fresh listing
-  for every tensor name (not arithmetic: Python time).
+  for every tensor name (not arithmetic: Python time);
+* ``passes``: the generator's five passes of a step as two calls on concatenated batches
+  (:func:`segexpr.gan.passes.generator_passes`: edit, self-reconstruction and swap; then cycle and swap-back)
+  instead of five calls;
+* ``critics``: the critics' calls on real images and on every set of fakes of a step concatenated into one call
+  per critic (``GANObjectives._critic_calls``) instead of one call per set.
 
 Runs alternate (``--repeats`` rounds of every variant); each times its last ``--batches`` batches after
 ``--warmup``. Prints a table (median ms per GAN batch, and against "all on") and writes it to ``--out``
@@ -38,6 +43,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
+import segexpr.gan.objectives as objectives
 import segexpr.gan.stepping as stepping
 import segexpr.models.generators.batched as batched
 import segexpr.models.generators.global_generator as global_generator
@@ -48,7 +54,7 @@ from segexpr.modules.joint import JointModule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loop_overhead  # noqa: E402  (the main job's CLI, its batches in memory, the bare run)
 
-REWRITES = ("decoder", "layout", "adam", "heads", "lookup")
+REWRITES = ("decoder", "layout", "adam", "heads", "lookup", "passes", "critics")
 
 
 def plain_upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,6 +74,16 @@ def per_name_lookup(modules: Any, kind: str) -> dict[str, torch.Tensor]:
             for name, _ in getattr(modules[0], kind)()}
 
 
+def one_pass_per_call(generator: Any, passes: Any, region_kwargs: Any) -> list[Any]:
+    """The plain form of :func:`segexpr.gan.passes.generator_passes`: each pass its own call."""
+    return [generator(p.image, p.code, **region_kwargs, au_free=p.au_free) for p in passes]
+
+
+def one_critic_call_each(self: Any, critic: Any, inputs: Any) -> list[Any]:
+    """The plain form of ``GANObjectives._critic_calls``: one call per set."""
+    return [critic(x) for x in inputs]
+
+
 @contextlib.contextmanager
 def rewrites_off(names: set[str]) -> Iterator[None]:
     """Switch the named rewrites off (their plain forms) inside the block; everything is restored after."""
@@ -75,7 +91,8 @@ def rewrites_off(names: set[str]) -> Iterator[None]:
     if unknown:
         raise ValueError(f"unknown rewrites {sorted(unknown)}; expected some of {REWRITES}")
     saved = (global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES,
-             global_generator.conv2d_channels_last, batched._stacked_tensors)
+             global_generator.conv2d_channels_last, batched._stacked_tensors, objectives.generator_passes,
+             objectives.GANObjectives._critic_calls)
     region_inputs = JointModule._region_inputs
 
     def per_pass_layout(self, *args: Any, **kwargs: Any):
@@ -94,10 +111,15 @@ def rewrites_off(names: set[str]) -> Iterator[None]:
             global_generator.conv2d_channels_last = plain_conv2d
         if "lookup" in names:
             batched._stacked_tensors = per_name_lookup
+        if "passes" in names:
+            objectives.generator_passes = one_pass_per_call
+        if "critics" in names:
+            objectives.GANObjectives._critic_calls = one_critic_call_each
         yield
     finally:
         (global_generator.upsample_conv3x3, JointModule._region_inputs, stepping.FUSED_ADAM_DEVICES,
-         global_generator.conv2d_channels_last, batched._stacked_tensors) = saved
+         global_generator.conv2d_channels_last, batched._stacked_tensors, objectives.generator_passes,
+         objectives.GANObjectives._critic_calls) = saved
 
 
 def variants(only: list[str] | None = None) -> dict[str, set[str]]:

@@ -36,6 +36,7 @@ from segexpr.losses.gan import (
     self_reconstruction_loss,
     statistics_matching_loss,
 )
+from segexpr.gan.passes import Pass, generator_passes
 from segexpr.gan.targets import DRAW_GP, target_codes
 from segexpr.ops.regions import crop
 
@@ -116,6 +117,19 @@ def image_code_loss(coder: nn.Module, code: torch.Tensor, batch: Mapping[str, An
     return torch.stack(terms).sum() if terms else code.new_zeros(())
 
 
+def _split_outputs(outputs: Any, sizes: Sequence[int]) -> list[Any]:
+    """A critic's outputs on a concatenated batch (a tensor, or a dict / tuple of them) -> one per part."""
+    if isinstance(outputs, torch.Tensor):
+        return list(outputs.split(list(sizes)))
+    if isinstance(outputs, Mapping):
+        parts = {key: _split_outputs(value, sizes) for key, value in outputs.items()}
+        return [{key: chunks[index] for key, chunks in parts.items()} for index in range(len(sizes))]
+    if isinstance(outputs, tuple):
+        parts = [_split_outputs(value, sizes) for value in outputs]
+        return [tuple(chunks[index] for chunks in parts) for index in range(len(sizes))]
+    raise TypeError(f"cannot split a critic's output of type {type(outputs).__name__}")
+
+
 class GANObjectives:
     """Discriminator, manipulation, transfer and feature-classifier objectives over shared networks.
 
@@ -156,24 +170,46 @@ class GANObjectives:
             return None
         return crop(images, boxes.detach(), self.discriminator.crop_size)
 
+    def _critic_calls(self, critic: Callable[[torch.Tensor], Any], inputs: Sequence[torch.Tensor]) -> list[Any]:
+        """``[critic(x) for x in inputs]`` as one call on their concatenation: the critics compute every sample on
+        its own, so this is the same within float rounding, in fewer calls. One call per input when a critic has
+        a parametrisation (spectral norm's power iteration steps once per call, which batching would change)."""
+        if len(inputs) == 1 or any(hasattr(m, "parametrizations") for m in self.discriminator.modules()):
+            return [critic(x) for x in inputs]
+        sizes = [x.shape[0] for x in inputs]
+        return _split_outputs(critic(torch.cat(list(inputs))), sizes)
+
     def _fake_regions(self, fake: torch.Tensor, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any]
                       ) -> Mapping[str, Any]:
         """Region inputs of a pass on a generated image: the source's (default) or ``regions_of``'s."""
         return region_kwargs if self.regions_of is None else self.regions_of(fake, batch.get("landmarks"))
 
     def _adv_and_gp(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, real_scores: torch.Tensor,
-                    gp_alpha: GPAlpha, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
-        adv = adversarial_d_loss(self.adv_loss, real_scores, critic(fake)["adv"])
+                    fake_scores: torch.Tensor, gp_alpha: GPAlpha, purpose: int) -> tuple[torch.Tensor, torch.Tensor]:
+        adv = adversarial_d_loss(self.adv_loss, real_scores, fake_scores)
         if self.adv_loss == "wgan-gp" and self.weights.gp > 0:
             return adv, gradient_penalty(critic, real, fake, weight=1.0, alpha=gp_alpha(purpose))
         return adv, real.new_zeros(())
 
-    def _judge_fake(self, fake: Any, aus_target: torch.Tensor | None, expression_target: torch.Tensor | None,
-                    expression_valid: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Generator-side adversarial + classification terms of one set of fakes, and the global D outputs."""
+    def _judge_fakes(self, judged: Sequence[tuple[Any, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]
+                     ) -> list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """Generator-side adversarial + classification terms, and the global D outputs, of each set of fakes
+        ``(fake, aus_target, expression_target, expression_valid)``; the critics judge all sets in one call."""
         d = self.discriminator
-        zero = fake.image.new_zeros(())
-        out = d.global_d(fake.image)
+        outs = self._critic_calls(d.global_d, [fake.image for fake, *_ in judged])
+        crops = [self.local_crops(fake.image, fake.boxes) for fake, *_ in judged]
+        local = (self._critic_calls(d.local_scores, crops) if all(c is not None for c in crops)
+                 else [None] * len(judged))
+        return [self._judged_terms(out, scores, aus_target, expression_target, expression_valid)
+                for (fake, aus_target, expression_target, expression_valid), out, scores in zip(judged, outs, local)]
+
+    def _judged_terms(self, out: Mapping[str, torch.Tensor], local: tuple[torch.Tensor, torch.Tensor] | None,
+                      aus_target: torch.Tensor | None, expression_target: torch.Tensor | None,
+                      expression_valid: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], Mapping[str, torch.Tensor]]:
+        """The terms of one set of fakes from the critics' outputs on it (global ``out``, ``local`` scores and
+        features or ``None`` without local critics)."""
+        d = self.discriminator
+        zero = out["adv"].new_zeros(())
         terms = {"adv": adversarial_g_loss(self.adv_loss, out["adv"]), "cls": zero, "au": zero,
                  "local_adv": zero, "local_au": zero}
         if expression_target is not None:
@@ -184,10 +220,9 @@ class GANObjectives:
             terms["cls"] = _masked_mean(per_sample, valid)
         if aus_target is not None:
             terms["au"] = au_regression_loss(out["aus"], aus_target, self.au_loss)
-        crops = self.local_crops(fake.image, fake.boxes)
-        if crops is not None:
+        if local is not None:
             # All regions' critics in one call; the mean over [B, R, ...] is the mean of the per-region means.
-            local_adv, features = d.local_scores(crops)
+            local_adv, features = local
             terms["local_adv"] = adversarial_g_loss(self.adv_loss, local_adv)
             if aus_target is not None:
                 region_targets, local_aus = d.region_targets(aus_target), d.local_aus(features)
@@ -227,28 +262,28 @@ class GANObjectives:
         images = batch["image"]
         zero = images.new_zeros(())
         d = self.discriminator
-        real_out = d.global_d(images)
+        # The real images and every set of fakes in one call of each critic (_critic_calls).
+        real_out, *fake_outs = self._critic_calls(d.global_d, [images, *fakes])
         adv, gp = zero, zero
-        for k, fake in enumerate(fakes):
-            a, g = self._adv_and_gp(d.global_d, images, fake, real_out["adv"], gp_alpha, DRAW_GP + k)
+        for k, (fake, fake_out) in enumerate(zip(fakes, fake_outs)):
+            a, g = self._adv_and_gp(d.global_d, images, fake, real_out["adv"], fake_out["adv"], gp_alpha, DRAW_GP + k)
             adv, gp = adv + a / len(fakes), gp + g / len(fakes)
         cls, au = self._real_head_terms(real_out, batch)
         local_adv, local_gp, local_au = zero, zero, zero
         real_crops = self.local_crops(images, boxes)
         if real_crops is not None:
-            # All regions' critics in one call per set of crops. Means over [B, R, ...] are the means of the
+            # All regions' critics in one call for all sets of crops. Means over [B, R, ...] are the means of the
             # per-region means; the gradient penalty treats each (sample, region) crop as one sample, with the
             # region's own interpolation weights, so it is the mean of the per-region penalties.
-            real_adv, real_features = d.local_scores(real_crops)
+            fakes_crops = [self.local_crops(fake, boxes) for fake in fakes]
+            (real_adv, real_features), *fake_scores = self._critic_calls(d.local_scores, [real_crops, *fakes_crops])
             batch_size, regions = real_crops.shape[:2]
 
             def critic(x: torch.Tensor) -> torch.Tensor:  # [B * R, 3, h, w] -> scores [B * R, 1, h', w']
                 return d.local_scores(x.reshape(batch_size, regions, *x.shape[1:]))[0].flatten(0, 1)
 
-            for k, fake in enumerate(fakes):
-                fake_crops = self.local_crops(fake, boxes)
-                local_adv = local_adv + adversarial_d_loss(self.adv_loss, real_adv,
-                                                           d.local_scores(fake_crops)[0]) / len(fakes)
+            for k, (fake_crops, (fake_adv, _)) in enumerate(zip(fakes_crops, fake_scores)):
+                local_adv = local_adv + adversarial_d_loss(self.adv_loss, real_adv, fake_adv) / len(fakes)
                 if self.adv_loss == "wgan-gp" and w.gp > 0:
                     alphas = [gp_alpha(DRAW_GP + 10 * (index + 1) + k) for index in range(regions)]
                     alpha = None if any(a is None for a in alphas) else torch.stack(alphas, dim=1).flatten()
@@ -282,6 +317,63 @@ class GANObjectives:
             self.discriminator.feature_classifier(au_free.detach()), batch.get("expression"),
             batch["aus"].float() if batch.get("aus") is not None else None, self.au_loss)
 
+    def generator_loss(self, batch: Mapping[str, Any], tasks: Sequence[str],
+                       targets: Mapping[str, torch.Tensor] | None, region_kwargs: Mapping[str, Any],
+                       code_source: torch.Tensor, au_free: torch.Tensor | None = None) -> list[Terms]:
+        """The generator's terms for ``tasks``: ``[manipulation, transfer]`` (those asked for, in that order).
+
+        The passes of both tasks run together (:func:`~segexpr.gan.passes.generator_passes`): the edit, the
+        self-reconstruction and the swap as one call on the source images (encoded once), then the cycle and
+        the swap-back as one call. The terms are those of :meth:`manipulation_loss` and :meth:`transfer_loss`,
+        which are this method with one task.
+        """
+        unknown = [task for task in tasks if task not in ("manipulate", "transfer")]
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; expected 'manipulate' and/or 'transfer'")
+        images = batch["image"]
+        if au_free is None:  # one encoding of the source images for every pass on them
+            au_free = self.generator.encode(images)
+        codes: dict[str, torch.Tensor] = {}
+        if "manipulate" in tasks:
+            if targets is None:
+                raise ValueError("the manipulation task needs targets (sample_manipulation_targets)")
+            codes["edit"] = target_codes(self.coder, targets)
+        if "transfer" in tasks:
+            codes["self_rec"] = code_source
+            codes["swap"] = self.coder.from_image(batch["reference_image"])
+        first = dict(zip(codes, generator_passes(self.generator, [Pass(images, code, au_free) for code in
+                                                                   codes.values()], region_kwargs)))
+        back_of = {name: source for name, source in (("cycle", "edit"), ("swap_back", "swap")) if source in first}
+        backs = self._back_passes({name: first[source].image for name, source in back_of.items()}, code_source,
+                                  batch, region_kwargs)
+        judged = {}  # the critics judge the edits and the swaps in one call
+        if "manipulate" in tasks:  # only heads that learned from the data judge the edit (sample_manipulation_targets)
+            judged["edit"] = (first["edit"], targets.get("critic_aus", targets["aus"]), targets["expression"],
+                              targets["expression_valid"])
+        if "transfer" in tasks:
+            ref_aus = batch.get("reference_aus")
+            judged["swap"] = (first["swap"], ref_aus.float() if ref_aus is not None else None,
+                              batch.get("reference_expression"), None)
+        verdicts = dict(zip(judged, self._judge_fakes(list(judged.values()))))
+        parts = []
+        if "manipulate" in tasks:
+            parts.append(self._manipulation_terms(batch, targets, codes["edit"], first["edit"], backs["cycle"],
+                                                  verdicts["edit"][0]))
+        if "transfer" in tasks:
+            parts.append(self._transfer_terms(batch, first["self_rec"], first["swap"], backs["swap_back"],
+                                              *verdicts["swap"]))
+        return parts
+
+    def _back_passes(self, fakes: Mapping[str, torch.Tensor], code_source: torch.Tensor, batch: Mapping[str, Any],
+                     region_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The passes from generated images back to the source's code (cycle, swap-back), by name."""
+        if self.regions_of is None:  # the source's region inputs for all of them: one call
+            outputs = generator_passes(self.generator, [Pass(fake, code_source) for fake in fakes.values()],
+                                       region_kwargs)
+            return dict(zip(fakes, outputs))
+        return {name: self.generator(fake, code_source, **self._fake_regions(fake, batch, region_kwargs))
+                for name, fake in fakes.items()}
+
     def manipulation_loss(self, batch: Mapping[str, Any], targets: Mapping[str, torch.Tensor],
                      region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
                      au_free: torch.Tensor | None = None) -> Terms:
@@ -290,14 +382,22 @@ class GANObjectives:
         Terms are prefixed ``manipulate/``; ``edit_l1_gt`` (a diagnostic, not in the total) is the L1 to the
         data's answer where known, which becomes ``manipulate/paired_l1`` in the total with ``paired > 0``.
         """
+        return self.generator_loss(batch, ["manipulate"], targets, region_kwargs, code_source, au_free)[0]
+
+    def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
+                      au_free: torch.Tensor | None = None) -> Terms:
+        """Swap the reference's code in: self-reconstruction, swap, swap-back, swap consistency, mc-adversarial.
+
+        Terms are prefixed ``transfer/``; ``transfer_l1_gt`` is a diagnostic against ``transfer_target``.
+        """
+        return self.generator_loss(batch, ["transfer"], None, region_kwargs, code_source, au_free)[0]
+
+    def _manipulation_terms(self, batch: Mapping[str, Any], targets: Mapping[str, torch.Tensor],
+                            code_target: torch.Tensor, fake: Any, reconstructed: Any,
+                            judged: dict[str, torch.Tensor]) -> Terms:
         w = self.weights
         images = batch["image"]
-        code_target = target_codes(self.coder, targets)
-        fake = self.generator(images, code_target, **region_kwargs, au_free=au_free)
-        # Only heads that learned from the data judge the edit (see sample_manipulation_targets).
-        terms, _ = self._judge_fake(fake, targets.get("critic_aus", targets["aus"]), targets["expression"],
-                                    targets["expression_valid"])
-        reconstructed = self.generator(fake.image, code_source, **self._fake_regions(fake.image, batch, region_kwargs))
+        terms = dict(judged)
         terms["cycle_l1"] = cycle_loss(reconstructed.image, images)
         terms["attention"] = self.attention_loss(fake, reconstructed)
         # The target codes must read back as their targets, so label/AU codes stay readable as AUs.
@@ -316,25 +416,13 @@ class GANObjectives:
                 total = total + w.paired * paired
         return Terms(out, total, fake.image, fake.boxes, fake.au_free)
 
-    def transfer_loss(self, batch: Mapping[str, Any], region_kwargs: Mapping[str, Any], code_source: torch.Tensor,
-                      au_free: torch.Tensor | None = None) -> Terms:
-        """Swap the reference's code in: self-reconstruction, swap, swap-back, swap consistency, mc-adversarial.
-
-        Terms are prefixed ``transfer/``; ``transfer_l1_gt`` is a diagnostic against ``transfer_target``.
-        """
+    def _transfer_terms(self, batch: Mapping[str, Any], self_rec: Any, swapped: Any, swap_back: Any,
+                        judged: dict[str, torch.Tensor], swapped_d: Mapping[str, torch.Tensor]) -> Terms:
         w = self.weights
-        images, references = batch["image"], batch["reference_image"]
-        code_reference = self.coder.from_image(references)
-        if au_free is None:  # one encoding of the source images for both passes
-            au_free = self.generator.encode(images)
-        self_rec = self.generator(images, code_source, **region_kwargs, au_free=au_free)
-        swapped = self.generator(images, code_reference, **region_kwargs, au_free=au_free)
-        ref_aus = batch.get("reference_aus")
-        terms, swapped_d = self._judge_fake(swapped, ref_aus.float() if ref_aus is not None else None,
-                                            batch.get("reference_expression"), None)
+        images = batch["image"]
+        terms = dict(judged)
         with torch.no_grad():
             self_d = self.discriminator.global_d(self_rec.image)
-        swap_back = self.generator(swapped.image, code_source, **self._fake_regions(swapped.image, batch, region_kwargs))
         terms["recon_l1"] = self_reconstruction_loss(self_rec.image, images)
         # Swap consistency (a): the critic's real/fake scores on swaps match their statistics on
         # self-reconstructions: a swap must look as real as a reconstruction. Only the ``adv`` scores: a swap carries

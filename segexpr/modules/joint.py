@@ -31,6 +31,7 @@ from torch import nn
 from segexpr.labels import ALL_REGION_GROUPS
 from segexpr.inference.editor import ExpressionEditor
 from segexpr.gan.objectives import GANObjectives, LossWeights, image_code_loss
+from segexpr.gan.passes import Pass, generator_passes
 from segexpr.gan.stepping import (broadcast_buffers, check_finite, disable_reducer, distributed_world_size, gan_optimizers,
                                   optimizer_step)
 from segexpr.gan.targets import (AU_DONORS, batch_keys, expression_prototypes, keyed_uniform,
@@ -392,7 +393,8 @@ class JointModule(pl.LightningModule):
         codes = ([target_codes(self.coder, targets)] if targets is not None else []) + (
             [self.coder.from_image(batch["reference_image"])] if "transfer" in tasks else [])
         encoded = self.generator.encode(batch["image"]) if codes else None  # once for every code
-        outputs = [self.generator(batch["image"], code, **region_kwargs, au_free=encoded) for code in codes]
+        outputs = generator_passes(self.generator, [Pass(batch["image"], code, encoded) for code in codes],
+                                   region_kwargs)
         return [o.image for o in outputs], outputs[-1].boxes if outputs else None, encoded
 
     def _generator_step(self, batch: Mapping[str, Any], parsing: Mapping[str, Any] | None, tasks: list[str],
@@ -407,9 +409,8 @@ class JointModule(pl.LightningModule):
         au_free = self.generator.encode(images)  # the source images are encoded once for every pass on them
         terms: dict[str, torch.Tensor] = {}
         total = images.new_zeros(())
-        parts = ([self.objectives.manipulation_loss(batch, targets, region_kwargs, code_source, au_free)]
-                 if "manipulate" in tasks else []) + (
-            [self.objectives.transfer_loss(batch, region_kwargs, code_source, au_free)] if "transfer" in tasks else [])
+        # Both tasks' generator passes run batched together (GANObjectives.generator_loss).
+        parts = self.objectives.generator_loss(batch, tasks, targets, region_kwargs, code_source, au_free)
         for part in parts:
             terms.update(part.terms)
             total = total + part.total

@@ -1,7 +1,7 @@
 """Hierarchical generator: one global generator plus one local generator per expression region."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -51,6 +51,17 @@ class RegionLayout:
     boxes: torch.Tensor
     fusion_weights: torch.Tensor
 
+    def repeat(self, times: int) -> "RegionLayout":
+        """The layout of ``times`` copies of the batch, concatenated along the batch axis (gradients reach this
+        layout's tensors from every copy)."""
+        return RegionLayout(boxes=_repeat_batch(self.boxes, times),
+                            fusion_weights=_repeat_batch(self.fusion_weights, times))
+
+
+def _repeat_batch(tensor: torch.Tensor, times: int) -> torch.Tensor:
+    """``cat([tensor] * times)`` along dim 0."""
+    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+
 
 @dataclass
 class GeneratorOutput:
@@ -81,6 +92,16 @@ class GeneratorOutput:
     au_free: torch.Tensor
     local_crops: torch.Tensor
     local_crop_attention: torch.Tensor
+
+    def split(self, sizes: Sequence[int]) -> list["GeneratorOutput"]:
+        """The outputs of consecutive parts of the batch (``sizes`` samples each, summing to ``B``): what
+        separate calls on those parts return, since every sample is computed on its own."""
+        if sum(sizes) != self.image.shape[0]:
+            raise ValueError(f"split sizes {list(sizes)} do not add up to the batch of {self.image.shape[0]}")
+        parts = {f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).split(list(sizes)))
+                 for f in fields(self)}
+        return [GeneratorOutput(**{name: None if chunks is None else chunks[index] for name, chunks in parts.items()})
+                for index in range(len(sizes))]
 
 
 class HierarchicalGenerator(nn.Module):
