@@ -266,3 +266,16 @@ def test_small_paired_sets_default_to_two_identities():
     assert int(item["identity"]) != int(item["reference_identity"])
     with pytest.raises(ValueError, match="at least 2 identities"):
         SyntheticFaces(size=32, length=4, pairs=True, identities=1)
+
+
+def test_static_layers_cache_holds_a_memory_budget_of_identities():
+    from segexpr.data.synthetic import _draw_static_layers, _static_layers_cache
+
+    # 64 MiB per size, never fewer than 512 identities: the main job's 2,000-identity pool fits at 64 px
+    assert _static_layers_cache(64).cache_info().maxsize == 2048
+    assert _static_layers_cache(128).cache_info().maxsize == 512
+    assert _static_layers_cache(512).cache_info().maxsize == 512
+    p = identity_params(3)
+    for cached, drawn in zip(_static_layers(p, 64), _draw_static_layers(p, 64)):
+        np.testing.assert_array_equal(cached, drawn)
+    assert _static_layers(p, 64)[0] is _static_layers(p, 64)[0]  # the second call is the cache's

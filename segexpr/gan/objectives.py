@@ -11,6 +11,8 @@ optimiser steps on it (the schedule); this module decides *what* is computed.
   back to the source code, attention regularisation and the code-readout term.
 * :meth:`GANObjectives.transfer_loss` -- the transfer paper's swap: self-reconstruction, swap, swap-back cycle,
   swap-consistency statistics and the multi-class adversarial encoder term.
+* :meth:`GANObjectives.generator_loss` -- both of the above in one go, their generator passes batched into two
+  calls (:mod:`segexpr.gan.passes`) and their fakes judged in one critic call: what a training step runs.
 * :meth:`GANObjectives.feature_classifier_loss` -- the AU-free feature classifier on detached features.
 * :func:`image_code_loss` -- supervises the image code with the batch's labels (readout + alignment).
 """
