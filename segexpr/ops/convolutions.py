@@ -10,10 +10,10 @@ output blocks; what it saves in the main job's step is measured by ``examples/be
 weights are combined at call time, so parameters and checkpoints are those of the plain layer.
 
 ``conv2d_channels_last`` is ``conv2d`` computed in channels-last memory on a CPU. oneDNN's direct convolution is
-much faster there for wide, few-channel outputs: the generator's 7x7 heads (16 -> 4 channels at 64 px) run
-forward and backward in about two thirds of the time, the two layout copies included
-(``examples/benchmarks/step_rewrites.py``). Only for those layers: through a whole network the copies between
-layers take back what the convolutions gain.
+faster there for wide maps with few output channels, such as the generator's 7x7 heads (16 -> 4 channels at
+64 px), even with the two layout copies; what it saves in the main job's step is measured by
+``examples/benchmarks/step_rewrites.py``. Only for those layers: through a whole network the copies between layers
+take back what the convolutions gain.
 """
 from __future__ import annotations
 
