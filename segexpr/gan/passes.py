@@ -28,15 +28,18 @@ class Pass(NamedTuple):
 
 def repeat_region_inputs(region_kwargs: Mapping[str, Any], times: int) -> dict[str, Any]:
     """The generator's region keyword arguments (``region_masks``, ``landmarks``, ``layout``) for ``times``
-    copies of the batch, concatenated along the batch axis."""
+    copies of the batch, concatenated along the batch axis (gradients reach the given tensors from every copy)."""
+    def repeat(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
+
     repeated: dict[str, Any] = {}
     for key, value in region_kwargs.items():
         if value is None:
             repeated[key] = None
         elif isinstance(value, RegionLayout):
-            repeated[key] = value.repeat(times)
+            repeated[key] = RegionLayout(boxes=repeat(value.boxes), fusion_weights=repeat(value.fusion_weights))
         elif isinstance(value, torch.Tensor):
-            repeated[key] = value.repeat(times, *([1] * (value.dim() - 1)))
+            repeated[key] = repeat(value)
         else:
             raise TypeError(f"region input {key!r}: expected a tensor, a RegionLayout or None, got {type(value).__name__}")
     return repeated

@@ -51,17 +51,6 @@ class RegionLayout:
     boxes: torch.Tensor
     fusion_weights: torch.Tensor
 
-    def repeat(self, times: int) -> "RegionLayout":
-        """The layout of ``times`` copies of the batch, concatenated along the batch axis (gradients reach this
-        layout's tensors from every copy)."""
-        return RegionLayout(boxes=_repeat_batch(self.boxes, times),
-                            fusion_weights=_repeat_batch(self.fusion_weights, times))
-
-
-def _repeat_batch(tensor: torch.Tensor, times: int) -> torch.Tensor:
-    """``cat([tensor] * times)`` along dim 0."""
-    return tensor.repeat(times, *([1] * (tensor.dim() - 1)))
-
 
 @dataclass
 class GeneratorOutput:
