@@ -1,6 +1,7 @@
 """The standard judge: torchvision families other than the critic's, an ensemble, shipped, used by default."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ def renders():
     return render_training_set(size=32, length=48, seed=0)
 
 
-@pytest.mark.parametrize("family", ["resnet18_3stage", "vgg_bn_small"])
+@pytest.mark.parametrize("family", ["resnet18_3stage", "vgg_bn_small", "densenet_small"])
 def test_judge_follows_the_recogniser_contract(family):
     torch.manual_seed(0)
     judge = create_judge(family, image_size=32).eval()
@@ -61,6 +62,27 @@ def test_bad_judge_arguments_are_named():
     with pytest.raises(ValueError, match=r"images \[B, 3, H, W\]"):
         create_judge("resnet18_3stage", image_size=32).features(torch.zeros(1, 1, 32, 32))
     assert set(STANDARD_RECIPE["families"]) <= set(list_judges())
+
+
+def test_a_judge_reads_faces_at_its_input_size():
+    """input_size: the body sees the image downsampled (antialiased) to it, whatever size it is given."""
+    torch.manual_seed(0)
+    judge = create_judge("vgg_bn_small", image_size=64, input_size=32).eval()
+    assert (judge.image_size, judge.input_size) == (64, 32)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    small = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    with torch.no_grad():
+        assert torch.equal(judge.features(images), judge.body(small))
+        assert torch.equal(judge(images)[0], judge(small)[0])  # already at its input size: read as it is
+        # a 64-px reader of the same weights sees the fine detail the 32-px one averages away
+        sharp = create_judge("vgg_bn_small", image_size=64)
+        sharp.load_state_dict(judge.state_dict())
+        assert not torch.allclose(sharp.eval().features(images), judge.features(images))
+    assert create_judge("vgg_bn_small", image_size=64).input_size == 64
+    for bad in (16, 65, 32.0):
+        with pytest.raises(ValueError, match="input_size must be an integer in \\[32, image_size=64\\]"):
+            create_judge("vgg_bn_small", image_size=64, input_size=bad)
 
 
 def test_training_is_deterministic_and_learns(renders):
@@ -162,6 +184,15 @@ def test_save_and_load_round_trip_refuses_overwrite_and_checks_weights(tmp_path)
         save_judge_ensemble([("vgg_bn_small", 0, judge)], folder)
     assert (folder / "manifest.json").read_bytes() == before
     weights = folder / "vgg_bn_small_seed0.pt"
+    # the side a member reads at is kept; a manifest from before input_size existed reads at image_size
+    reader = create_judge("vgg_bn_small", image_size=64, input_size=32).eval()
+    reader_folder = save_judge_ensemble([("vgg_bn_small", 1, reader)], tmp_path / "reader").parent
+    assert load_judge_ensemble(reader_folder).members[0].input_size == 32
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["members"][0]["input_size"] == 32
+    del manifest["members"][0]["input_size"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert load_judge_ensemble(folder).members[0].input_size == 32 == judge.image_size
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(ValueError, match="do not match the checksum"):
         load_judge_ensemble(folder)
@@ -188,6 +219,7 @@ def test_the_shipped_judge_is_strong_on_held_out_ground_truth(shipped):
             assert float((member(renders)[0].argmax(1) == labels).float().mean()) >= 0.95
     families = {m.family for m in shipped.members}
     assert families == set(STANDARD_RECIPE["families"]) and len(shipped.members) == 6
+    assert {m.input_size for m in shipped.members} == {STANDARD_RECIPE["input_size"]}
 
 
 def test_the_shipped_judge_is_independent_of_a_gan(shipped):
@@ -224,6 +256,9 @@ def test_evaluate_uses_the_standard_judge_by_default(joint_checkpoint, tmp_path)
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "judge: standard judge (JudgeEnsemble" in run.stdout
+    # which weights read the figures: the side they read at and the manifest's checksum
+    version = hashlib.sha256((STANDARD_JUDGE_DIR / "manifest.json").read_bytes()).hexdigest()[:12]
+    assert f"read at {STANDARD_RECIPE['input_size']} px, manifest {version})" in run.stdout
     assert "judge accuracy on ground-truth renders:" in run.stdout
     assert "judge ensemble: 6 members read the edits at" in run.stdout
     assert "| target \\ judged | neutral |" in run.stdout
@@ -257,6 +292,23 @@ def test_standard_judge_script_checks_its_overrides_and_work_dir(tmp_path, capsy
     assert seconds == {} and torch.equal(again[0][2].head.weight, members[0][2].head.weight)
     with pytest.raises(SystemExit, match="judges of another recipe"):
         script.build_members(dict(recipe, crossfade=0.5), tmp_path / "work")
+    # the side the judges read at is part of the recipe, and the members are built to read at it
+    assert {j.input_size for _, _, j in members} == {32}
+    wide = dict(recipe, image_size=64, input_size=48)
+    members, _ = script.build_members(wide, tmp_path / "wide")
+    assert (members[0][2].image_size, members[0][2].input_size) == (64, 48)
+    with pytest.raises(SystemExit, match="judges of another recipe"):
+        script.build_members(dict(wide, input_size=32), tmp_path / "wide")
+    with pytest.raises(SystemExit):
+        script.parse_args(["--input-size", "16", "--out-dir", str(tmp_path)])
+    assert "--input-size must be in [32, 64]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--families", "alexnet", "--out-dir", str(tmp_path)])
+    assert "invalid choice: 'alexnet'" in capsys.readouterr().err
+    for override in (["--input-size", "48"], ["--families", "densenet_small"]):
+        with pytest.raises(SystemExit):
+            script.parse_args([*override, "--write-judge", "--overwrite", "--out-dir", str(tmp_path)])
+        assert "--write-judge stores the recipe's judge" in capsys.readouterr().err
 
 
 def test_seed_judges_are_the_recipe_once_per_seed_and_average_to_the_standard_judge():
@@ -275,6 +327,17 @@ def test_seed_judges_are_the_recipe_once_per_seed_and_average_to_the_standard_ju
         nested = by_seed(images)
     torch.testing.assert_close(nested[0].exp(), full[0].exp())
     torch.testing.assert_close(nested[1], full[1])
+    # whole judges: runs of seeds, every family's members of those seeds in each
+    members += [(f, s, create_judge(f, image_size=32).eval()) for f in ("resnet18_3stage", "vgg_bn_small")
+                for s in (3, 4, 5)]
+    whole = script.seed_judges(members, group=3)
+    assert whole.names == ["seeds 0, 1, 2", "seeds 3, 4, 5"]
+    assert whole.members[1].names == [f"{f} seed {s}" for f in ("resnet18_3stage", "vgg_bn_small") for s in (3, 4, 5)]
+    with torch.no_grad():
+        shipped_like = JudgeEnsemble([j for _, s, j in members if s < 3])(images)
+        torch.testing.assert_close(whole.members[0](images)[0], shipped_like[0])
+    with pytest.raises(ValueError, match="6 seeds do not cut into groups of 4"):
+        script.seed_judges(members, group=4)
 
 
 def test_judge_disagreement_probes_every_member(joint_checkpoint, capsys):
@@ -287,3 +350,14 @@ def test_judge_disagreement_probes_every_member(joint_checkpoint, capsys):
     assert all(row["half faces read as lower half"] + row["half faces read as upper half"] <= 1 for row in rows.values())
     printed = capsys.readouterr().out
     assert "changing edits read as source" in printed and printed.count("| vgg_bn_small seed") == 3
+
+
+def test_judge_disagreement_probes_another_judge_from_its_folder(joint_checkpoint, tmp_path):
+    from benchmark_scripts import load_benchmark
+
+    torch.manual_seed(0)
+    folder = save_judge_ensemble([("densenet_small", 5, create_judge("densenet_small", image_size=32).eval())],
+                                 tmp_path / "judge").parent
+    rows = load_benchmark("judge_disagreement").main(["--ckpt", str(joint_checkpoint), "--count", "2", "--faces", "2",
+                                                      "--threads", "1", "--judge-dir", str(folder)])
+    assert list(rows) == ["densenet_small seed 5"]

@@ -2,7 +2,10 @@
 
     python examples/benchmarks/judge_disagreement.py --ckpt outputs/synthetic/latest/checkpoints/last.ckpt
 
-For each member of the shipped standard judge (:func:`segexpr.evaluation.standard_judge`):
+For each member of the shipped standard judge (:func:`segexpr.evaluation.standard_judge`), or of the judge in
+``--judge-dir`` (a folder written by :func:`~segexpr.evaluation.judge.save_judge_ensemble`, e.g. the first,
+64-px judge: ``git archive 5df6874 segexpr/evaluation/standard_judge | tar -x -C first``, then
+``--judge-dir first/segexpr/evaluation/standard_judge``):
 
 * **edits**: the model's label edits of SynthFACS's held-out identities (``SynthFACSEditBenchmark(size=<the
   model's>, count=64, seed=0)``, every source to every expression): the share read as the target, and, among edits whose
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from segexpr.cli import torch_threads
 from segexpr.data.synthetic import SPLIT_IDENTITY_OFFSET, render
 from segexpr.evaluation import SynthFACSEditBenchmark, load_joint, standard_judge
+from segexpr.evaluation.judge import load_judge_ensemble
 from segexpr.labels import NUM_EXPRESSIONS, REGION_AUS, expression_prototype
 from segexpr.ops.pixels import uint8_to_images
 
@@ -57,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--count", type=int, default=64, help="held-out identities of the edit benchmark")
     parser.add_argument("--faces", type=int, default=200, help="half-face composites")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--judge-dir", type=Path, default=None,
+                        help="probe this judge ensemble's members instead of the shipped standard judge's")
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
         parser.error(f"--ckpt {args.ckpt} not found")
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         parser.error("--count must be >= 2 and --faces >= 1")
     rows: dict[str, dict[str, float]] = {}
     with torch_threads(args.threads), torch.no_grad():
-        judge = standard_judge()
+        judge = standard_judge() if args.judge_dir is None else load_judge_ensemble(args.judge_dir)
         model = load_joint(args.ckpt).eval()
         size = int(getattr(model, "image_size", judge.image_size))  # the model edits at its own size
         bench = SynthFACSEditBenchmark(size=size, count=args.count, seed=0)

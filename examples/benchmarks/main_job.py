@@ -182,7 +182,9 @@ def evaluate(ckpt: Path, judge: Any, count: int) -> tuple[dict[str, float], dict
 def describe_judge(judge: Any, standard: bool) -> str:
     names = getattr(judge, "names", None)
     members = f" ({', '.join(names)})" if names else ""
-    return ("standard judge" if standard else f"injected judge, not the standard one: {type(judge).__name__}") + members
+    version = getattr(judge, "version", None)
+    name = f"standard judge {version}" if standard and version else "standard judge"
+    return (name if standard else f"injected judge, not the standard one: {type(judge).__name__}") + members
 
 
 def load_baseline(path: Path) -> dict[str, Any]:

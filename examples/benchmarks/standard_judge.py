@@ -13,7 +13,7 @@ each; resumable: members already in ``--work-dir`` are loaded, not retrained), t
   (target <= 0.04, i.e. +-0.02) and the gap between the two families' means (target <= 0.10, i.e. +-0.05).
   ``--recognizer`` adds a judge of the critic's family for comparison.
 
-``--judge-seeds``, ``--steps``, ``--blend-fraction`` and ``--crossfade`` override the recipe to try a variant (the
+``--judge-seeds``, ``--families``, ``--steps``, ``--input-size``, ``--blend-fraction`` and ``--crossfade`` override the recipe to try a variant (the
 latter two: partial-expression renders and cross-faded training items, see :mod:`segexpr.evaluation.judge`); a
 ``--work-dir`` remembers its recipe (``recipe.json``) and refuses members of another one.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import shlex
 import subprocess
@@ -49,7 +50,7 @@ from segexpr.evaluation.judge import (
     save_judge_ensemble,
     train_judge,
 )
-from segexpr.models.judges import create_judge
+from segexpr.models.judges import create_judge, list_judges
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {"ground_truth_accuracy": 0.98, "seed_spread": 0.04, "family_gap": 0.10}
@@ -73,7 +74,7 @@ def build_members(recipe: dict[str, Any], work_dir: Path) -> tuple[list[tuple[st
     for family in recipe["families"]:
         for seed in recipe["seeds"]:
             path = work_dir / f"{family}_seed{seed}.pt"
-            judge = create_judge(family, image_size=recipe["image_size"])
+            judge = create_judge(family, image_size=recipe["image_size"], input_size=recipe.get("input_size"))
             if path.is_file():
                 judge.load_state_dict(torch.load(path, weights_only=True))
                 print(f"loaded {path}", flush=True)
@@ -86,7 +87,8 @@ def build_members(recipe: dict[str, Any], work_dir: Path) -> tuple[list[tuple[st
                           f"{time.perf_counter() - start:.0f} s", flush=True)
                 start = time.perf_counter()
                 judge = train_judge(family, seed, renders, steps=recipe["steps"], batch_size=recipe["batch_size"],
-                                    lr=recipe["lr"], crossfade=recipe.get("crossfade", 0.0))
+                                    lr=recipe["lr"], crossfade=recipe.get("crossfade", 0.0),
+                                    input_size=recipe.get("input_size"))
                 seconds[member_name(family, seed)] = time.perf_counter() - start
                 torch.save(judge.state_dict(), path)
                 print(f"trained {member_name(family, seed)} in {seconds[member_name(family, seed)]:.0f} s -> {path}",
@@ -113,22 +115,28 @@ def strength(members: list[tuple[str, int, Any]], ensemble: JudgeEnsemble, bench
             "source_accuracy": float((predicted == benchmark.expression).float().mean())}
 
 
-def seed_judges(members: list[tuple[str, int, Any]]) -> JudgeEnsemble:
-    """The standard judge's recipe once per training seed: for each seed, an ensemble of that seed's members (one
-    per family), the sub-ensembles named ``seed N``. Their mean is the full ensemble (equal sizes), so judging
-    with it gives the standard judge's figure *and*, as member accuracies, what the judge would read had it been
-    trained with only that seed: the figure's own stability across retraining."""
+def seed_judges(members: list[tuple[str, int, Any]], group: int = 1) -> JudgeEnsemble:
+    """The standard judge's recipe retrained with other seeds: the members' seeds, sorted, cut into runs of
+    ``group`` (``group=1``: one seed, one member per family; ``group=3`` with seeds 0-8: three whole 6-member judges,
+    the first of them the shipped one), each run an ensemble of its members named ``seed(s) ...``. Their mean is
+    the full ensemble (equal sizes), so judging with it gives the full ensemble's figure *and*, as member
+    accuracies, what the judge would read had it been trained with only those seeds: the figure's own stability
+    across retraining."""
     seeds = sorted({s for _, s, _ in members})
-    groups = [JudgeEnsemble([j for _, s, j in members if s == seed],
-                            [member_name(f, s) for f, s, _ in members if s == seed]) for seed in seeds]
-    return JudgeEnsemble(groups, [f"seed {seed}" for seed in seeds]).eval()
+    if group < 1 or len(seeds) % group:
+        raise ValueError(f"{len(seeds)} seeds do not cut into groups of {group}")
+    runs = [seeds[i:i + group] for i in range(0, len(seeds), group)]
+    judges = [JudgeEnsemble([j for _, s, j in members if s in run],
+                            [member_name(f, s) for f, s, _ in members if s in run]) for run in runs]
+    names = [("seed " if len(run) == 1 else "seeds ") + ", ".join(map(str, run)) for run in runs]
+    return JudgeEnsemble(judges, names).eval()
 
 
 def stability(ckpt: Path, ensemble: JudgeEnsemble, benchmark: SynthFACSEditBenchmark,
               families: tuple[str, ...], recognizer: Path | None,
               by_seed: JudgeEnsemble | None = None) -> dict[str, Any]:
     """Each member's (and the ensemble's) expression accuracy on one model's label edits, and their spreads;
-    with ``by_seed`` (:func:`seed_judges`) also each seed's judge and their spread."""
+    with ``by_seed`` (:func:`seed_judges`) also each seed group's judge and their spread."""
     module = load_joint(ckpt)
     result = benchmark.evaluate(module, ensemble, fid_features="none")
     members = result.member_accuracy
@@ -153,29 +161,39 @@ def stability(ckpt: Path, ensemble: JudgeEnsemble, benchmark: SynthFACSEditBench
     return out
 
 
+def _recipe_line(recipe: dict[str, Any]) -> str:
+    families = " and ".join(recipe["families"])
+    seeds = ", ".join(map(str, recipe["seeds"]))
+    return (f"Recipe: {families}, seeds {seeds}; {recipe['steps']} steps of {recipe['batch_size']} augmented "
+            f"renders ({recipe['training_renders']} SynthFACS train faces); images of {recipe['image_size']} px read "
+            f"at {recipe.get('input_size') or recipe['image_size']} px.")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     lines = ["# Standard judge: strength and stability", "",
              f"Command: `{payload['command']}`  ", f"Date: {payload['date']}; commit {payload['commit']}; "
              f"{payload['threads']} torch thread(s).", "",
              "Written by `examples/benchmarks/standard_judge.py`; rerun it to update (hand-written reading goes "
-             "elsewhere).", "", "## Strength (ground-truth renders of 64 held-out identities x 8 prototypes)", "",
+             "elsewhere).", "", _recipe_line(payload["recipe"]), "", "## Strength (ground-truth renders of 64 held-out identities x 8 prototypes)", "",
              "| judge | accuracy |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in payload["strength"]["ground_truth_accuracy"].items()]
     lines += ["", f"No edit (sources judged against the 8 targets): {payload['strength']['no_edit_accuracy']:.3f}; "
                   f"the ensemble reads the sources' own expressions at {payload['strength']['source_accuracy']:.3f}."]
+    shipped = payload["recipe"] == recipe_as_json(STANDARD_RECIPE)
+    which = "the standard judge" if shipped else "every member above: the recipe's variant, not the shipped judge"
     for entry in payload["stability"]:
         lines += ["", f"## Stability on the edits of `{entry['checkpoint']}`", "",
                   "| judge | expression accuracy of label edits |", "| --- | --- |"]
         lines += [f"| {k} | {v:.3f} |" for k, v in entry["member_accuracy"].items()]
-        lines += [f"| **ensemble (the standard judge)** | **{entry['ensemble_accuracy']:.3f}** |"]
+        lines += [f"| **ensemble ({which})** | **{entry['ensemble_accuracy']:.3f}** |"]
         if "critic_family_judge_accuracy" in entry:
             lines += [f"| critic's family (AUDiscriminatorModule, for comparison) | "
                       f"{entry['critic_family_judge_accuracy']:.3f} |"]
         spread = ", ".join(f"{f} {v:.3f}" for f, v in entry["seed_spread"].items())
         if "seed_judge_accuracy" in entry:
             readings = ", ".join(f"{k} {v:.3f}" for k, v in entry["seed_judge_accuracy"].items())
-            lines += ["", "The judge retrained with one seed (that seed's member of each family, averaged like the "
-                          f"standard judge): {readings}; spread **{entry['seed_judge_spread']:.3f}** (target <= "
+            lines += ["", "The judge retrained with other seeds (each group's members of every family, averaged like "
+                          f"the standard judge): {readings}; spread **{entry['seed_judge_spread']:.3f}** (target <= "
                           f"{TARGETS['seed_spread']}: "
                           f"{'met' if entry['seed_judge_spread'] <= TARGETS['seed_spread'] else 'NOT met'})."]
         lines += ["", f"Seed spread (max - min within a family; target <= {TARGETS['seed_spread']}): {spread}.  ",
@@ -211,6 +229,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where trained members are kept (and reused)")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's training steps")
     parser.add_argument("--judge-seeds", type=int, nargs="+", default=None, help="override the recipe's seeds")
+    parser.add_argument("--seed-groups", type=int, default=1,
+                        help="judge the stability with whole judges of this many seeds each (3 with --judge-seeds "
+                             "0 1 2 3 4 5 6 7 8: three 6-member judges, the shipped one first); default 1")
+    parser.add_argument("--families", nargs="+", default=None, choices=list_judges(),
+                        help="override the recipe's families (e.g. a third family, to check the two agree)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="override the side the judges read faces at (64: no downsampling)")
     parser.add_argument("--blend-fraction", type=float, default=None,
                         help="override the recipe's share of partial-expression renders (render_training_set)")
     parser.add_argument("--crossfade", type=float, default=None,
@@ -229,16 +254,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--recognizer {args.recognizer} not found")
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.input_size is not None and not 32 <= args.input_size <= STANDARD_RECIPE["image_size"]:
+        parser.error(f"--input-size must be in [32, {STANDARD_RECIPE['image_size']}], got {args.input_size}")
     for name in ("blend_fraction", "crossfade"):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:
             parser.error(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-    if args.write_judge and any(getattr(args, n) is not None for n in ("steps", "judge_seeds", "blend_fraction",
-                                                                        "crossfade")):
-        parser.error("--write-judge stores the recipe's judge; drop --steps/--judge-seeds/--blend-fraction/"
-                     "--crossfade (or change STANDARD_RECIPE)")
+    overrides = ("steps", "judge_seeds", "families", "input_size", "blend_fraction", "crossfade")
+    if args.write_judge and any(getattr(args, n) is not None for n in overrides):
+        parser.error("--write-judge stores the recipe's judge; drop --steps/--judge-seeds/--families/--input-size/"
+                     "--blend-fraction/--crossfade (or change STANDARD_RECIPE)")
     if args.count < 2:
         parser.error(f"--count must be >= 2, got {args.count}")
+    seeds = args.judge_seeds if args.judge_seeds is not None else STANDARD_RECIPE["seeds"]
+    if args.seed_groups < 1 or len(set(seeds)) % args.seed_groups:
+        parser.error(f"--seed-groups {args.seed_groups} must divide the {len(set(seeds))} judge seeds")
     try:
         refuse_existing([args.out_dir / "standard_judge.json", args.out_dir / "standard_judge.md"],
                         overwrite=args.overwrite or args.train_only)
@@ -252,12 +282,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     recipe = dict(STANDARD_RECIPE)
-    for key, value in (("steps", args.steps), ("blend_fraction", args.blend_fraction),
-                       ("crossfade", args.crossfade)):
+    for key, value in (("steps", args.steps), ("input_size", args.input_size),
+                       ("blend_fraction", args.blend_fraction), ("crossfade", args.crossfade)):
         if value is not None:
             recipe[key] = value
     if args.judge_seeds is not None:
         recipe["seeds"] = tuple(args.judge_seeds)
+    if args.families is not None:
+        recipe["families"] = tuple(args.families)
     with torch_threads(args.threads):
         members, seconds = build_members(recipe, args.work_dir)
         if args.train_only:
@@ -271,12 +303,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "training_seconds": seconds, "targets": TARGETS,
                    "strength": strength(members, ensemble, benchmark),
                    "stability": [stability(c, ensemble, benchmark, tuple(recipe["families"]), args.recognizer,
-                                           seed_judges(members)) for c in args.ckpt]}
+                                           seed_judges(members, args.seed_groups)) for c in args.ckpt]}
     print(markdown(payload))
     for path in write_outputs(payload, args.out_dir, args.overwrite):
         print(f"wrote {path}")
     if args.write_judge:
-        print(f"wrote {save_judge_ensemble(members, STANDARD_JUDGE_DIR, recipe=recipe, overwrite=args.overwrite)}")
+        manifest = save_judge_ensemble(members, STANDARD_JUDGE_DIR, recipe=recipe, overwrite=args.overwrite)
+        print(f"wrote {manifest} (the judge's version: {hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]})")
     return payload
 
 

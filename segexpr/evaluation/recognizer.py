@@ -57,12 +57,20 @@ def judge_for(recognizer: nn.Module | None, size: int) -> nn.Module | None:
 
 
 def describe_recognizer(recognizer: nn.Module | None) -> str | None:
-    """``"<class> (<n> M parameters, trained at <size> px)"``, or ``None`` without a recogniser."""
+    """``"<class> (<n> M parameters, trained at <size> px[, read at <input> px][, manifest <version>])"``, or
+    ``None`` without a recogniser (``input_size`` and ``version``: see :class:`~segexpr.evaluation.JudgeEnsemble`)."""
     if recognizer is None:
         return None
     size = getattr(recognizer, "image_size", "?")
     params = sum(p.numel() for p in recognizer.parameters())
-    return f"{type(recognizer).__name__} ({params / 1e6:.2f} M parameters, trained at {size} px)"
+    extra = ""
+    read = getattr(recognizer, "input_size", None)
+    if read is not None and read != size:
+        extra += f", read at {read} px"
+    version = getattr(recognizer, "version", None)
+    if version:
+        extra += f", manifest {version}"
+    return f"{type(recognizer).__name__} ({params / 1e6:.2f} M parameters, trained at {size} px{extra})"
 
 
 def train_recognizer(

@@ -23,6 +23,8 @@ class JudgeModule(pl.LightningModule):
     """Args:
         family: judge family (:data:`segexpr.models.judges.JUDGE_FAMILIES`).
         image_size: training image side.
+        input_size: the side the judge's body reads them at (:class:`~segexpr.models.judges.ExpressionJudge`;
+            ``None``: ``image_size``).
         max_steps: optimiser steps of the one-cycle schedule (pass the same number to the Trainer).
         lr, weight_decay: AdamW peak learning rate and decoupled weight decay.
         label_smoothing: of the expression cross-entropy.
@@ -33,7 +35,8 @@ class JudgeModule(pl.LightningModule):
     which the cross-entropy then uses instead of ``expression``.
     """
 
-    def __init__(self, family: str = "resnet18_3stage", image_size: int = 64, max_steps: int = 1500,
+    def __init__(self, family: str = "resnet18_3stage", image_size: int = 64, input_size: int | None = None,
+                 max_steps: int = 1500,
                  lr: float = 3e-3, weight_decay: float = 1e-4, label_smoothing: float = 0.1,
                  au_weight: float = 1.0) -> None:
         super().__init__()
@@ -42,7 +45,7 @@ class JudgeModule(pl.LightningModule):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
-        self.judge = create_judge(family, image_size=image_size)
+        self.judge = create_judge(family, image_size=image_size, input_size=input_size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.judge(images)
