@@ -176,6 +176,8 @@ def test_save_and_load_round_trip_refuses_overwrite_and_checks_weights(tmp_path)
     judge = create_judge("vgg_bn_small", image_size=32).eval()
     folder = save_judge_ensemble([("vgg_bn_small", 0, judge)], tmp_path / "judge").parent
     loaded = load_judge_ensemble(folder)
+    assert loaded.version == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:12]
+    assert JudgeEnsemble([judge]).version is None  # built in memory: no manifest names its weights
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(loaded(images)[0].exp(), judge(images)[0].softmax(1), atol=2e-3)  # stored in fp16
@@ -193,6 +195,12 @@ def test_save_and_load_round_trip_refuses_overwrite_and_checks_weights(tmp_path)
     del manifest["members"][0]["input_size"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert load_judge_ensemble(folder).members[0].input_size == 32 == judge.image_size
+    manifest["members"][0]["input_size"] = 16  # a bad side names the member and the manifest
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"member vgg_bn_small_seed0.pt in .*manifest.json: input_size must be"):
+        load_judge_ensemble(folder)
+    del manifest["members"][0]["input_size"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
     with pytest.raises(ValueError, match="do not match the checksum"):
         load_judge_ensemble(folder)
@@ -305,6 +313,9 @@ def test_standard_judge_script_checks_its_overrides_and_work_dir(tmp_path, capsy
     with pytest.raises(SystemExit):
         script.parse_args(["--families", "alexnet", "--out-dir", str(tmp_path)])
     assert "invalid choice: 'alexnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args(["--seed-groups", "2", "--out-dir", str(tmp_path)])
+    assert "--seed-groups 2 must divide the 3 judge seeds" in capsys.readouterr().err
     for override in (["--input-size", "48"], ["--families", "densenet_small"]):
         with pytest.raises(SystemExit):
             script.parse_args([*override, "--write-judge", "--overwrite", "--out-dir", str(tmp_path)])

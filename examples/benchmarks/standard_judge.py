@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import shlex
 import subprocess
@@ -45,6 +44,7 @@ from segexpr.evaluation.judge import (
     STANDARD_JUDGE_DIR,
     STANDARD_RECIPE,
     JudgeEnsemble,
+    manifest_version,
     recipe_as_json,
     render_training_set,
     save_judge_ensemble,
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"wrote {path}")
     if args.write_judge:
         manifest = save_judge_ensemble(members, STANDARD_JUDGE_DIR, recipe=recipe, overwrite=args.overwrite)
-        print(f"wrote {manifest} (the judge's version: {hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]})")
+        print(f"wrote {manifest} (the judge's version: {manifest_version(manifest)})")
     return payload
 
 

@@ -42,8 +42,8 @@ from segexpr.modules.judge import JudgeModule
 from segexpr.ops.pixels import uint8_to_images
 
 __all__ = ["STANDARD_JUDGE_DIR", "STANDARD_RECIPE", "AugmentedRenders", "JudgeEnsemble", "judge_augmentation",
-           "load_judge_ensemble", "recipe_as_json", "render_training_set", "save_judge_ensemble", "standard_judge",
-           "train_judge"]
+           "load_judge_ensemble", "manifest_version", "recipe_as_json", "render_training_set", "save_judge_ensemble",
+           "standard_judge", "train_judge"]
 
 #: Where the shipped weights live (package data: ``manifest.json`` and one ``.pt`` per member).
 STANDARD_JUDGE_DIR = Path(__file__).parent / "standard_judge"
@@ -221,11 +221,12 @@ class JudgeEnsemble(nn.Module):
     ``forward(images)`` returns ``(log of the mean probabilities [B, E], mean AUs [B, A])``, the recogniser
     contract of :func:`segexpr.metrics.recognise`; ``members`` and ``names`` let a caller judge with each member
     alone (the ensemble's spread). ``features`` concatenates the members' pooled features. ``input_size``: the
-    side the members read faces at (``None`` if they differ); ``version``: for an ensemble loaded from a folder,
-    the first 12 hex digits of its manifest's SHA-256 (which weights read a figure), else ``None``.
+    side the members read faces at (``None`` if they differ); ``version``: which weights read a figure, for an
+    ensemble loaded from a folder :func:`manifest_version` of its manifest, else ``None``.
     """
 
-    def __init__(self, members: Sequence[ExpressionJudge], names: Sequence[str] | None = None) -> None:
+    def __init__(self, members: Sequence[ExpressionJudge], names: Sequence[str] | None = None,
+                 version: str | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("a judge ensemble needs at least one member")
@@ -240,7 +241,7 @@ class JudgeEnsemble(nn.Module):
         reads = {getattr(m, "input_size", self.image_size) for m in members}
         self.input_size = reads.pop() if len(reads) == 1 else None
         self.num_features = sum(m.num_features for m in members)
-        self.version: str | None = None
+        self.version = version
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         outputs = [member(images) for member in self.members]
@@ -259,6 +260,12 @@ def recipe_as_json(recipe: Mapping[str, Any]) -> dict[str, Any]:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest_version(manifest: str | Path) -> str:
+    """A judge's version: the first 12 hex digits of its ``manifest.json``'s SHA-256 (the manifest holds every
+    member's checksum, so this names the weights)."""
+    return _sha256(Path(manifest))[:12]
 
 
 def save_judge_ensemble(members: Sequence[tuple[str, int, ExpressionJudge]], folder: str | Path, *,
@@ -298,17 +305,15 @@ def load_judge_ensemble(folder: str | Path, map_location: str | torch.device = "
             raise FileNotFoundError(f"judge weights missing: {path} (named in {manifest_path})")
         if _sha256(path) != entry["sha256"]:
             raise ValueError(f"judge weights {path} do not match the checksum in {manifest_path}")
-        # manifests written before input_size existed read at image_size
-        input_size = entry.get("input_size")
-        judge = create_judge(entry["family"], image_size=int(entry["image_size"]),
-                             input_size=int(input_size) if input_size is not None else None)
+        try:  # manifests written before input_size existed read at image_size
+            judge = create_judge(entry["family"], image_size=entry["image_size"], input_size=entry.get("input_size"))
+        except ValueError as err:
+            raise ValueError(f"member {entry['file']} in {manifest_path}: {err}") from None
         state = torch.load(path, map_location=map_location, weights_only=True)
         judge.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         members.append(judge.to(map_location).eval())
         names.append(f"{entry['family']} seed {entry['seed']}")
-    ensemble = JudgeEnsemble(members, names).eval()
-    ensemble.version = _sha256(manifest_path)[:12]
-    return ensemble
+    return JudgeEnsemble(members, names, version=manifest_version(manifest_path)).eval()
 
 
 def standard_judge(map_location: str | torch.device = "cpu") -> JudgeEnsemble:
